@@ -1,0 +1,3 @@
+"""lmforge: Transformer language models from theory to practice."""
+
+__version__ = "0.1.0"
