@@ -1,0 +1,250 @@
+"""Read and write Hugging Face checkpoint folders (`config.json` + safetensors) for every family."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lmforge import assets
+from lmforge.interop import bart, bert, gpt2, llama
+from lmforge.interop.mapping import to_ours, to_theirs
+from lmforge.models.config import ConfigError, ModelConfig
+from lmforge.models.model import DEFAULT_TASK, TASKS, MaskedLM, Model
+
+log = logging.getLogger(__name__)
+
+FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, llama, bart)
+HEAD_PREFIXES = ("lm_head.", "mlm_head.", "nsp_head.", "pooler.", "head.")
+# Real pretrained checkpoints that ship inside registry packages (fetched by `make assets`).
+NAMED_CHECKPOINTS = {"all-minilm-l6-v2": assets.minilm_dir}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or file cannot be read; the message names the file and the problem."""
+
+
+def family_of(model_type: str, source: str = "config.json") -> ModuleType:
+    """The interop module for an HF `model_type`."""
+    for fam in FAMILIES:
+        if model_type in fam.MODEL_TYPES:
+            return fam
+    known = ", ".join(t for fam in FAMILIES for t in fam.MODEL_TYPES)
+    raise CheckpointError(f"{source}: unknown architecture model_type={model_type!r}; supported: {known}")
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint folder from a path or a named offline checkpoint (e.g. `all-minilm-l6-v2`)."""
+    if str(path) in NAMED_CHECKPOINTS:
+        return NAMED_CHECKPOINTS[str(path)]()
+    folder = Path(path)
+    if not folder.is_dir():
+        named = ", ".join(NAMED_CHECKPOINTS)
+        raise CheckpointError(f"{folder}: not a checkpoint folder (nor a named checkpoint: {named})")
+    return folder
+
+
+def read_hf_config(folder: Path) -> dict:
+    """`config.json` as a dict, with errors that name the file, line and column."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (a Hugging Face checkpoint folder needs config.json)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte offset {err.start})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if "model_type" not in data:
+        raise CheckpointError(f"{path}: no 'model_type' field, so the architecture is unknown")
+    return data
+
+
+def config_from_folder(folder: Path) -> tuple[ModelConfig, str, ModuleType]:
+    """(ModelConfig, default task, family module) for a checkpoint folder."""
+    hf = read_hf_config(folder)
+    source = str(folder / "config.json")
+    fam = family_of(hf["model_type"], source)
+    try:
+        cfg = fam.config_from_hf(hf)
+    except KeyError as err:
+        raise CheckpointError(f"{source}: missing field {err.args[0]!r}") from None
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(f"{source}: {err}") from None
+    arch = (hf.get("architectures") or [""])[0]
+    task = fam.TASK_OF_ARCH.get(arch, DEFAULT_TASK[cfg.family])
+    return cfg, task, fam
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint: safetensors (single or sharded), else `pytorch_model.bin` safely."""
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        return _load_safetensors(single)
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise CheckpointError(f"{index}: malformed shard index ({err})") from None
+        out = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).is_file():
+                raise CheckpointError(f"{index}: names shard {shard!r}, which is missing")
+            out.update(_load_safetensors(folder / shard))
+        return out
+    pickled = folder / "pytorch_model.bin"
+    if pickled.is_file():
+        return _load_pickle(pickled)
+    raise CheckpointError(f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A PyTorch pickle, through `weights_only=True`: tensors load, arbitrary code never runs."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refusing to unpickle: the file holds more than plain tensors ({first}). "
+            "Untrusted pickles can run code; convert the checkpoint to safetensors with a tool you trust."
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors")
+    return data
+
+
+def load_pretrained(path: str | os.PathLike, task: str | None = None, dtype: torch.dtype = torch.float32,
+                    **model_kwargs) -> Model:
+    """Build an lmforge model from a Hugging Face checkpoint folder (or a named offline checkpoint).
+
+    `task` picks the head ("causal-lm", "masked-lm", "sequence-classification", ...); by default
+    the one the checkpoint's `architectures` names. Heads absent from the checkpoint start random.
+    """
+    folder = resolve(path)
+    cfg, default_task, fam = config_from_folder(folder)
+    task = task or default_task
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    theirs = read_state_dict(folder)
+    theirs = {fam.ALIASES.get(k, k): v for k, v in theirs.items()}
+    if not any(k.startswith(fam.PREFIX) for k in theirs):  # a bare body (BertModel, LlamaModel, ...)
+        theirs = {k if k.startswith(("lm_head.", "cls.")) else fam.PREFIX + k: v for k, v in theirs.items()}
+    if task == "masked-lm" and "cls.seq_relationship.weight" in theirs:
+        model_kwargs.setdefault("nsp", True)
+    model = TASKS[task](cfg, **model_kwargs)
+    rules = fam.rules(cfg, task)
+    ours = to_ours(rules, theirs)
+    expected = model.state_dict()
+    problems, fresh = [], []
+    for name, tensor in expected.items():
+        if name not in ours:
+            if _tied(model, name):
+                continue
+            if name.startswith(HEAD_PREFIXES):
+                fresh.append(name)
+                continue
+            problems.append(f"missing tensor for {name}")
+        elif ours[name].shape != tensor.shape:
+            source = next(r.theirs for r in rules if r.ours == name)
+            problems.append(f"{source}: shape {tuple(ours[name].shape)} does not match the config's {tuple(tensor.shape)}")
+    if problems:
+        raise CheckpointError(f"{folder}: checkpoint does not fit config.json: " + "; ".join(problems[:8])
+                              + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
+    used = {r.theirs for r in rules if r.ours in expected}
+    unused = sorted(k for k in theirs if k not in used and not k.endswith(fam.IGNORED))
+    if unused:
+        log.info("%s: %d checkpoint tensors not used by %s: %s", folder, len(unused), task, ", ".join(unused[:5]))
+    if fresh:
+        log.warning("%s: newly initialised (not in the checkpoint): %s", folder, ", ".join(fresh))
+    model.load_state_dict({k: v for k, v in ours.items() if k in expected}, strict=False)
+    model.tie_weights()
+    return model.to(dtype).eval()
+
+
+def _tied(model: Model, name: str) -> bool:
+    return model.cfg.tie_embeddings and name in ("lm_head.proj.weight", "mlm_head.proj.weight")
+
+
+def export_family(cfg: ModelConfig) -> ModuleType:
+    """Which Hugging Face family a config is saved as."""
+    if cfg.family == "encoder":
+        return bert
+    if cfg.family == "encoder-decoder":
+        return bart
+    if cfg.position == "rope" and cfg.norm == "rmsnorm" and cfg.gated_ffn:
+        return llama
+    if cfg.position == "learned" and cfg.norm == "layernorm" and not cfg.gated_ffn:
+        return gpt2
+    raise ConfigError("this decoder is neither GPT-2- nor LLaMA-shaped, so it has no Hugging Face format")
+
+
+def hf_architecture(model: Model) -> str:
+    """The HF `architectures[0]` for an lmforge model."""
+    cfg, task = model.cfg, next(t for t, cls in TASKS.items() if type(model) is cls)
+    family = export_family(cfg)
+    names = {
+        bert: {"encoder": "BertModel", "masked-lm": "BertForMaskedLM",
+               "sequence-classification": "BertForSequenceClassification",
+               "token-classification": "BertForTokenClassification", "question-answering": "BertForQuestionAnswering"},
+        gpt2: {"causal-lm": "GPT2LMHeadModel"},
+        llama: {"causal-lm": "LlamaForCausalLM", "sequence-classification": "LlamaForSequenceClassification"},
+        bart: {"seq2seq-lm": "BartForConditionalGeneration"},
+    }[family]
+    if isinstance(model, MaskedLM) and model.nsp_head is not None:
+        return "BertForPreTraining"
+    if task not in names:
+        raise ConfigError(f"{task} models of the {family.__name__.rsplit('.', 1)[-1]} family cannot be saved yet")
+    return names[task]
+
+
+def save_pretrained(model: Model, path: str | os.PathLike) -> Path:
+    """Write `config.json` + `model.safetensors` that `transformers` loads unchanged (atomically)."""
+    cfg = model.cfg
+    fam = export_family(cfg)
+    arch = hf_architecture(model)
+    task = next(t for t, cls in TASKS.items() if type(model) is cls)
+    hf_config = fam.config_to_hf(cfg, arch)
+    hf_config["dtype"] = str(model.dtype).removeprefix("torch.")
+    if task in ("sequence-classification", "token-classification"):
+        n = model.head.proj.out_features
+        hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
+        hf_config["label2id"] = {f"LABEL_{i}": i for i in range(n)}
+    state = {k: v for k, v in model.state_dict().items() if not _tied(model, k)}
+    theirs = to_theirs(fam.rules(cfg, task), state)
+    if arch in ("BertModel",):  # bare bodies carry no base prefix
+        theirs = {k.removeprefix(fam.PREFIX): v for k, v in theirs.items()}
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / "model.safetensors", lambda p: save_file(theirs, p, metadata={"format": "pt"}))
+    _atomic_write(folder / "config.json",
+                  lambda p: Path(p).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n"))
+    return folder
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Write to a temporary file beside `target`, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

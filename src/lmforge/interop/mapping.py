@@ -1,0 +1,72 @@
+"""Renaming tables between lmforge state dicts and Hugging Face checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Rule:
+    """lmforge tensor `ours` <- Hugging Face tensor `theirs`.
+
+    `transpose`: the HF tensor is stored (in, out), as GPT-2's Conv1D does. `part=(i, n)`: ours is
+    the i-th of n equal row blocks of theirs (a fused QKV). `flat`: theirs has a leading 1-dim.
+    """
+
+    ours: str
+    theirs: str
+    transpose: bool = False
+    part: tuple[int, int] | None = None
+    flat: bool = False
+
+
+def linear(ours: str, theirs: str, bias: bool, transpose: bool = False,
+           part: tuple[int, int] | None = None) -> list[Rule]:
+    """Rules for a Linear layer's weight and (optional) bias."""
+    rules = [Rule(f"{ours}.weight", f"{theirs}.weight", transpose, part)]
+    if bias:
+        rules.append(Rule(f"{ours}.bias", f"{theirs}.bias", False, part))
+    return rules
+
+
+def norm(ours: str, theirs: str, bias: bool = True) -> list[Rule]:
+    """Rules for a LayerNorm (weight and bias) or RMSNorm (weight only)."""
+    return linear(ours, theirs, bias)
+
+
+def to_ours(rules: list[Rule], theirs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Apply rules to a Hugging Face state dict (entries whose source is absent are left out)."""
+    out = {}
+    for r in rules:
+        if r.theirs not in theirs:
+            continue
+        t = theirs[r.theirs]
+        if r.flat:
+            t = t.reshape(-1)
+        if r.transpose:
+            t = t.t()
+        if r.part is not None:
+            t = t.chunk(r.part[1], dim=0)[r.part[0]]
+        out[r.ours] = t.contiguous()
+    return out
+
+
+def to_theirs(rules: list[Rule], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Invert the rules: an lmforge state dict -> Hugging Face names (fused parts concatenated)."""
+    groups: dict[str, list[Rule]] = {}
+    for r in rules:
+        if r.ours in ours:
+            groups.setdefault(r.theirs, []).append(r)
+    out = {}
+    for name, group in groups.items():
+        group.sort(key=lambda r: r.part[0] if r.part else 0)
+        t = torch.cat([ours[r.ours] for r in group], dim=0) if group[0].part else ours[group[0].ours]
+        r = group[0]
+        if r.transpose:
+            t = t.t()
+        if r.flat:
+            t = t.reshape(1, -1)
+        out[name] = t.contiguous()
+    return out

@@ -1,0 +1,143 @@
+"""One attention module for self-, cross- and cached attention, plus the masks it needs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.models.config import ModelConfig
+from lmforge.models.positions import apply_rotary
+
+# `enable_gqa` lets SDPA broadcast key/value heads without copying them (torch >= 2.5).
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+class KVCache:
+    """Keys and values of one attention layer, preallocated for `max_len` positions."""
+
+    def __init__(self, batch_size: int, n_kv_heads: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (B, H_kv, T, D) keys and values; return all keys and values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions requested, {self.max_len} allocated")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def set(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store fixed keys and values (cross-attention over the encoder output)."""
+        self.k, self.v, self.length = k, v, k.shape[2]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the batch rows `index` (beam search)."""
+        self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped/multi-query heads, via `scaled_dot_product_attention`.
+
+    Self-attention when `kv_input` is None, cross-attention otherwise; with a `cache`, new keys
+    and values are appended (self) or computed once and reused (cross).
+    """
+
+    def __init__(self, cfg: ModelConfig, cross: bool = False) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.cross = cross
+        self.scale = cfg.attn_scale
+        self.dropout = cfg.attn_dropout
+        d_inner = cfg.n_heads * cfg.head_dim
+        d_kv = cfg.n_kv_heads * cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, d_inner, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, d_kv, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, d_kv, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(d_inner, cfg.d_model, bias=cfg.out_bias)
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_input: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, d) -> (B, T, d). `mask` is boolean (True = attend), broadcastable to (B, H, T, S)."""
+        b, t, _ = x.shape
+        q = self._heads(self.q_proj(x), self.n_heads)
+        if self.cross and cache is not None and cache.length:
+            k, v = cache.k, cache.v  # encoder keys/values, computed on the first step
+        else:
+            src = x if kv_input is None else kv_input
+            k = self._heads(self.k_proj(src), self.n_kv_heads)
+            v = self._heads(self.v_proj(src), self.n_kv_heads)
+            if rope is not None:
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            if cache is not None:
+                if self.cross:
+                    cache.set(k, v)
+                else:
+                    k, v = cache.update(k, v)
+        extra = {}
+        if self.n_kv_heads != self.n_heads:
+            if _SDPA_GQA:
+                extra["enable_gqa"] = True
+            else:
+                rep = self.n_heads // self.n_kv_heads
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0, scale=self.scale, **extra,
+        )  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+def attention_mask(
+    q_len: int,
+    kv_len: int,
+    *,
+    causal: bool,
+    key_padding: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
+    """Boolean mask (B or 1, 1, q_len, kv_len), True = may attend; None when nothing is masked.
+
+    The queries are the last `q_len` of `kv_len` positions (earlier ones are cached). Keys where
+    `key_padding` (B, kv_len) is 0/False are hidden. A query row with no visible key (a padding
+    query) is opened fully so softmax stays finite; its output is ignored anyway.
+    """
+    mask = None
+    if causal or sliding_window is not None:
+        q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+        k_pos = torch.arange(kv_len, device=device)[None, :]
+        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
+        if causal:
+            allowed &= k_pos <= q_pos
+        if sliding_window is not None:
+            allowed &= (q_pos - k_pos) < sliding_window
+        mask = allowed[None, None]
+    if key_padding is not None:
+        keys = key_padding[:, None, None, :].bool()
+        mask = keys if mask is None else mask & keys
+    if mask is None:
+        return None
+    return mask | ~mask.any(dim=-1, keepdim=True)

@@ -1,0 +1,285 @@
+"""Task models: a `Transformer` body plus a head. Each is a few lines; the body does the work."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from lmforge.models.config import ConfigError, ModelConfig
+from lmforge.models.heads import (
+    ClassificationHead,
+    LMHead,
+    MLMHead,
+    NSPHead,
+    Pooler,
+    SpanHead,
+    TokenClassificationHead,
+    pool,
+)
+from lmforge.models.norms import RMSNorm
+from lmforge.models.positions import LearnedPositions
+from lmforge.models.transformer import Cache, Transformer
+
+
+class Model(nn.Module):
+    """What every lmforge model shares: a config, a body, parameter and FLOP counts, initialisation."""
+
+    cfg: ModelConfig
+    body: Transformer
+
+    def init_weights(self) -> None:
+        """Normal(0, init_std) weights, zero biases, unit norms; residual outputs scaled by 1/sqrt(2L) (GPT-2)."""
+        std = self.cfg.init_std
+        n_layers = self.cfg.n_layers + (self.cfg.n_decoder_layers if self.cfg.is_encoder_decoder else 0)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scaled = name.endswith(("o_proj", "down_proj")) and self.cfg.norm_position == "pre"
+                nn.init.normal_(module.weight, std=std / math.sqrt(2 * n_layers) if scaled else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, LearnedPositions):
+                nn.init.normal_(module.weight, std=std)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the output projection with the token embedding when the config says so."""
+        head = getattr(self, "lm_head", None) or getattr(self, "mlm_head", None)
+        if head is not None and self.cfg.tie_embeddings:
+            head.proj.weight = self.body.tokens.weight
+
+    def num_parameters(self, trainable_only: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters, each shared tensor counted once."""
+        seen, total = set(), 0
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(p) for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        for p in self.parameters():
+            if id(p) in seen or id(p) in skip or (trainable_only and not p.requires_grad):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    def matmul_parameters(self) -> int:
+        """Weights used in matrix multiplies per token: every Linear, the LM head included."""
+        seen, total = set(), 0
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and id(m.weight) not in seen:
+                seen.add(id(m.weight))
+                total += m.weight.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> float:
+        """Model FLOPs per token (Kaplan et al. 2020): 2N + 4·L·d_attn·T forward, 3x that for training."""
+        cfg = self.cfg
+        seq_len = seq_len or cfg.max_seq_len
+        n_attn_layers = cfg.n_layers + (cfg.n_decoder_layers if cfg.is_encoder_decoder else 0)
+        forward = 2 * self.matmul_parameters() + 4 * n_attn_layers * cfg.n_heads * cfg.head_dim * seq_len
+        return 3 * forward if training else forward
+
+    @property
+    def device(self) -> torch.device:
+        return self.body.tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.body.tokens.weight.dtype
+
+
+class EncoderModel(Model):
+    """A bare encoder (BERT body), optionally with BERT's pooler: returns hidden states."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        _require(cfg, "encoder", type(self).__name__)
+        self.cfg = cfg
+        self.body = Transformer(cfg)
+        self.pooler = Pooler(cfg) if cfg.pooler else None
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.body.encode(input_ids, attention_mask, token_type_ids, position_ids)  # (B, T, d)
+
+    def embed_sentences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                        normalize: bool = True) -> torch.Tensor:
+        """Mean-pooled sentence embeddings (Sentence-BERT), unit length when `normalize`."""
+        emb = pool(self(input_ids, attention_mask), attention_mask, "mean")
+        return nn.functional.normalize(emb, dim=-1) if normalize else emb
+
+
+class CausalLM(Model):
+    """A decoder with an LM head (GPT-2, LLaMA): next-token logits."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        _require(cfg, "decoder", type(self).__name__)
+        self.cfg = cfg
+        self.body = Transformer(cfg)
+        self.lm_head = LMHead(cfg)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: Cache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """(B, T) ids -> (B, T, V) logits; `last_only` computes the last position's only (decoding)."""
+        hidden = self.body.decode(input_ids, attention_mask, position_ids, cache)
+        if last_only:
+            hidden = hidden[:, -1:]
+        return self.lm_head(hidden)
+
+    def make_cache(self, batch_size: int, max_len: int, **kwargs) -> Cache:
+        return self.body.make_cache(batch_size, max_len, **kwargs)
+
+
+class Seq2SeqLM(Model):
+    """An encoder-decoder with an LM head on the decoder (original Transformer, BART)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        _require(cfg, "encoder-decoder", type(self).__name__)
+        self.cfg = cfg
+        self.body = Transformer(cfg)
+        self.lm_head = LMHead(cfg)
+        self.init_weights()
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.body.encode(input_ids, attention_mask)
+
+    def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                encoder_out: torch.Tensor | None = None, cache: Cache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Decoder logits (B, T_dec, V); pass `encoder_out` to reuse an encoding while decoding."""
+        if encoder_out is None:
+            encoder_out = self.encode(input_ids, attention_mask)
+        hidden = self.body.decode(decoder_input_ids, decoder_attention_mask, cache=cache,
+                                  encoder_out=encoder_out, encoder_attention_mask=attention_mask)
+        if last_only:
+            hidden = hidden[:, -1:]
+        return self.lm_head(hidden)
+
+    def make_cache(self, batch_size: int, max_len: int, **kwargs) -> Cache:
+        return self.body.make_cache(batch_size, max_len, **kwargs)
+
+
+class MaskedLMOutput(NamedTuple):
+    logits: torch.Tensor
+    """(B, T, V) masked-LM logits."""
+    nsp_logits: torch.Tensor | None
+    """(B, 2) next-sentence logits, when the model has an NSP head."""
+
+
+class MaskedLM(Model):
+    """An encoder with BERT's MLM head, and with `nsp=True` the pooler and NSP head (BERT pretraining)."""
+
+    def __init__(self, cfg: ModelConfig, nsp: bool = False) -> None:
+        super().__init__()
+        _require(cfg, "encoder", type(self).__name__)
+        self.cfg = cfg
+        self.body = Transformer(cfg)
+        self.mlm_head = MLMHead(cfg)
+        self.pooler = Pooler(cfg) if (nsp or cfg.pooler) else None
+        self.nsp_head = NSPHead(cfg) if nsp else None
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> MaskedLMOutput:
+        hidden = self.body.encode(input_ids, attention_mask, token_type_ids)
+        nsp = self.nsp_head(self.pooler(hidden)) if self.nsp_head is not None else None
+        return MaskedLMOutput(self.mlm_head(hidden), nsp)
+
+
+class SequenceClassifier(Model):
+    """Any body + a classification head over one pooled vector (first token for encoders, last for decoders)."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int | None = None, pooling: str | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.body = Transformer(cfg)
+        self.pooling = pooling or ("last" if cfg.family == "decoder" else "first")
+        self.pooler = Pooler(cfg) if cfg.pooler and cfg.family == "encoder" else None
+        self.head = ClassificationHead(cfg, num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = _hidden(self.body, input_ids, attention_mask, token_type_ids)
+        pooled = self.pooler(hidden) if self.pooler is not None else pool(hidden, attention_mask, self.pooling)
+        return self.head(pooled)  # (B, num_labels)
+
+
+class TokenClassifier(Model):
+    """Any body + a label per token."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.body = Transformer(cfg)
+        self.head = TokenClassificationHead(cfg, num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(_hidden(self.body, input_ids, attention_mask, token_type_ids))  # (B, T, labels)
+
+
+class QuestionAnswering(Model):
+    """Any body + a span head: start and end logits for extractive QA."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.body = Transformer(cfg)
+        self.head = SpanHead(cfg)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(_hidden(self.body, input_ids, attention_mask, token_type_ids))
+
+
+def _hidden(body: Transformer, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
+    if body.cfg.family == "decoder":
+        return body.decode(input_ids, attention_mask)
+    if body.cfg.family == "encoder":
+        return body.encode(input_ids, attention_mask, token_type_ids)
+    raise ConfigError("classification heads on encoder-decoders are not supported yet: use the encoder")
+
+
+def _require(cfg: ModelConfig, family: str, cls: str) -> None:
+    if cfg.family != family:
+        raise ConfigError(f"{cls} needs family={family!r}, got {cfg.family!r}")
+
+
+TASKS: dict[str, type[Model]] = {
+    "encoder": EncoderModel,
+    "causal-lm": CausalLM,
+    "seq2seq-lm": Seq2SeqLM,
+    "masked-lm": MaskedLM,
+    "sequence-classification": SequenceClassifier,
+    "token-classification": TokenClassifier,
+    "question-answering": QuestionAnswering,
+}
+DEFAULT_TASK = {"encoder": "encoder", "decoder": "causal-lm", "encoder-decoder": "seq2seq-lm"}
+
+
+def build_model(cfg: ModelConfig | str, task: str | None = None, **kwargs) -> Model:
+    """A randomly initialised model for a config or preset name; the task defaults by family."""
+    if isinstance(cfg, str):
+        from lmforge.models.presets import get_preset
+
+        cfg = get_preset(cfg)
+    task = task or DEFAULT_TASK[cfg.family]
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[task](cfg, **kwargs)
