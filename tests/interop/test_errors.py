@@ -68,6 +68,7 @@ class Exploit:
         return (print, ("pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_untrusted_pickle_is_refused(llama_folder, capsys):
     (llama_folder / "model.safetensors").unlink()
     with open(llama_folder / "pytorch_model.bin", "wb") as f:

@@ -13,12 +13,17 @@ import sys
 import typing
 from collections.abc import Callable
 
-from lmforge.cli import convert, demo, tokenizer
+from lmforge.cli import convert, data, demo, pretrain, tokenizer
 
 # verb -> function, or verb -> {sub-verb -> function}. No logic lives in this file.
 VERBS: dict[str, Callable | dict[str, Callable]] = {
     "convert": convert.convert,
+    "data": {
+        "prepare": data.prepare,
+        "corpus": data.corpus,
+    },
     "demo": demo.demo,
+    "pretrain": pretrain.pretrain,
     "tokenizer": {
         "train": tokenizer.train,
         "encode": tokenizer.encode,
@@ -75,7 +80,24 @@ def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
     argv = sys.argv[1:] if argv is None else argv
-    CLI(VERBS, args=normalize_argv(argv), as_positional=True)
+    try:
+        CLI(VERBS, args=normalize_argv(argv), as_positional=True)
+    except USER_ERRORS as err:  # bad input: the message names the file/field; no traceback
+        print(f"lmforge: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The error types that mean bad input rather than a bug."""
+    from lmforge.data.errors import DataError
+    from lmforge.interop.hf import CheckpointError
+    from lmforge.models.config import ConfigError
+    from lmforge.tokenizers.train import TrainingDataError
+
+    return (DataError, CheckpointError, ConfigError, TrainingDataError, FileNotFoundError, UnicodeDecodeError)
+
+
+USER_ERRORS = _user_errors()
 
 
 if __name__ == "__main__":

@@ -5,12 +5,26 @@ from __future__ import annotations
 import time
 
 
-def demo(skip_minilm: bool = False) -> None:
-    """Build every preset and print its size; embed sentences with the real MiniLM checkpoint.
+def demo(minutes: float = 4.5, out_dir: str = "runs/demo", skip_minilm: bool = False,
+         skip_pretrain: bool = False) -> None:
+    """The tour: presets, the real MiniLM checkpoint, then the main job (tokenizer -> shards -> LLaMA vs KN).
 
     Args:
+        minutes: training time budget of the tiny LLaMA.
+        out_dir: where the demo writes its tokenizer, shards, run and report.
         skip_minilm: do not load the all-MiniLM-L6-v2 checkpoint (fetched by `make assets`).
+        skip_pretrain: stop after the model tour.
     """
+    show_models(skip_minilm)
+    if not skip_pretrain:
+        from lmforge.train.demo import DemoConfig, run_demo
+
+        print("\nThe main job on the embedded default corpus (English + Chinese):")
+        run_demo(DemoConfig(out_dir=out_dir, minutes=minutes))
+
+
+def show_models(skip_minilm: bool = False) -> None:
+    """Build every preset and print its size; embed sentences with the real MiniLM checkpoint."""
     import torch
 
     from lmforge.models import PRESETS, build_model

@@ -1,0 +1,178 @@
+"""The training loop: one readable function from a model and batches to a trained checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.train import checkpoint as ckpt
+from lmforge.train.config import TrainConfig
+from lmforge.train.distributed import DistEnv, all_reduce_mean, all_true, barrier, unwrap, wrap
+from lmforge.train.metrics import MetricsLogger, matmul_peak_flops
+from lmforge.train.optim import build_optimizer, build_scheduler
+from lmforge.train.precision import autocast, resolve_precision
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss stayed NaN/Inf)."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, env: DistEnv,
+          resume: bool = False, on_eval=None, on_sample=None) -> dict:
+    """Train `model` on `task` batches; checkpoint, evaluate and log; return the final metrics.
+
+    `resume=True` continues from the latest complete checkpoint in `run_dir` exactly: same
+    weights, optimizer moments, schedule, data position and RNG states.
+    """
+    device = env.device
+    precision = resolve_precision(cfg.precision, device)
+    micro = cfg.micro_batch_size or cfg.batch_size // env.world_size
+    local = cfg.batch_size // env.world_size
+    if cfg.batch_size % env.world_size or local % micro:
+        raise ValueError(f"batch_size {cfg.batch_size} must split into {env.world_size} process(es) x "
+                         f"micro-batches of {micro}")
+    accum = local // micro
+    raw = model.to(device)
+    for stack in (raw.body.encoder, raw.body.decoder):
+        if stack is not None:
+            stack.gradient_checkpointing = cfg.activation_checkpointing
+    optimizer = build_optimizer(raw, cfg.lr, cfg.weight_decay, cfg.betas)
+    scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+                                schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
+    loader = task.train_loader(train_data, cfg.batch_size, cfg.seq_len, cfg.seed, env.rank, env.world_size)
+    step, best = 0, math.inf
+    if resume and (last := ckpt.latest_checkpoint(run_dir)) is not None:
+        state = ckpt.load_checkpoint(last, model=raw, optimizer=optimizer, scheduler=scheduler)
+        loader.load_state_dict(state["data"])
+        step, best = state["step"], state.get("best_val_loss", math.inf)
+        if env.is_main:
+            print(f"resumed from {last} at step {step}")
+    model = wrap(raw, env, cfg.distributed)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    log = MetricsLogger(run_dir, enabled=env.is_main)
+    flops_per_token = raw.flops_per_token(cfg.seq_len, training=True)
+    peak = matmul_peak_flops(device.type) * env.world_size
+    batches = iter(loader)
+    bad_in_a_row, skipped, start, last = 0, 0, time.perf_counter(), {}
+    bar = _progress(cfg, step, env)
+    window_tokens, window_start = 0, time.perf_counter()
+
+    while step < cfg.steps:
+        model.train()
+        batch = next(batches)
+        losses = []
+        for i, mb in enumerate(task.split(batch, accum)):
+            # DDP syncs gradients on the last micro-batch only.
+            sync = contextlib.nullcontext() if i == accum - 1 or not hasattr(model, "no_sync") else model.no_sync()
+            # Backward runs even on a NaN loss, so DDP ranks stay in step; the update is skipped below.
+            with sync:
+                with autocast(precision, device):
+                    loss, _ = task.loss(model, mb, device)
+                (loss / accum).backward()
+            losses.append(loss.detach())
+        loss = all_reduce_mean(torch.stack(losses).mean(), env)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
+                     else torch.tensor(0.0))
+        finite = all_true(bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm)), env)
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
+            if env.is_main:
+                print(f"step {step}: loss {float(loss)} / grad norm {float(grad_norm)} not finite, step skipped")
+            if bad_in_a_row >= cfg.max_bad_steps:
+                raise TrainingError(f"loss or gradients were NaN/Inf for {bad_in_a_row} steps in a row "
+                                    f"(last at step {step}); lower the learning rate or check the data")
+            continue
+        bad_in_a_row = 0
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window_tokens += task.num_tokens(batch) * env.world_size
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            elapsed = time.perf_counter() - window_start
+            tok_s = window_tokens / max(elapsed, 1e-9)
+            last = {"loss": float(loss), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                    "tok_per_s": round(tok_s, 1), "mfu": round(tok_s * flops_per_token / peak, 4),
+                    "skipped_steps": skipped}
+            log.log(step, **last)
+            window_tokens, window_start = 0, time.perf_counter()
+            if bar is not None:
+                bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{last['mfu']:.0%}")
+        if bar is not None:
+            bar.update(1)
+
+        out_of_time = cfg.time_limit is not None and time.perf_counter() - start > cfg.time_limit * 60
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            final = step == cfg.steps or out_of_time  # the last evaluation always covers the whole split
+            val = evaluate(model, task, val_data, cfg, env, precision, max_batches=None if final else cfg.eval_batches)
+            best = min(best, val["val_loss"])
+            log.log(step, **val)
+            last.update(val)
+            if on_eval is not None and env.is_main:
+                on_eval(step, val)
+        if on_sample is not None and env.is_main and cfg.sample_every and step % cfg.sample_every == 0:
+            on_sample(raw, step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+            if env.is_main:
+                ckpt.save_checkpoint(run_dir, step, model=raw, optimizer=optimizer, scheduler=scheduler,
+                                     data_state=loader.state_dict(),
+                                     extra={"best_val_loss": best, "val_loss": last.get("val_loss")},
+                                     keep_last=cfg.keep_last, best_metric="val_loss")
+            barrier(env)
+        if out_of_time:
+            if env.is_main:
+                print(f"time limit of {cfg.time_limit} min reached at step {step}")
+            break
+    if bar is not None:
+        bar.close()
+    log.close()
+    return {"step": step, **last}
+
+
+@torch.no_grad()
+def evaluate(model, task, data, cfg: TrainConfig, env: DistEnv, precision: str = "fp32",
+             max_batches: int | None = None) -> dict:
+    """Validation loss (mean nats per target) and perplexity over the validation split (or its first batches)."""
+    model.eval()
+    total, count = torch.zeros(2, dtype=torch.float64), 0
+    loader = task.eval_loader(data, cfg.micro_batch_size or cfg.batch_size, cfg.seq_len, env.rank, env.world_size)
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        with autocast(precision, env.device):
+            loss_sum, n = task.eval_sums(model, batch, env.device)
+        total += torch.tensor([loss_sum, n], dtype=torch.float64)
+        count += 1
+    if env.enabled:
+        torch.distributed.all_reduce(total)
+    val_loss = float(total[0] / total[1].clamp(min=1))
+    return {"val_loss": round(val_loss, 6), "val_ppl": round(math.exp(min(val_loss, 50)), 3),
+            "val_tokens": int(total[1])}
+
+
+def _progress(cfg: TrainConfig, step: int, env: DistEnv):
+    if not (cfg.progress and env.is_main):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+
+__all__ = ["TrainingError", "evaluate", "seed_everything", "train", "unwrap"]

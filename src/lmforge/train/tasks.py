@@ -1,0 +1,70 @@
+"""Pretraining tasks: for each objective, which model it trains, its batches and its loss.
+
+The training loop (`loop.py`) only sees this small interface, so objectives stay pure functions in
+`lmforge.objectives` and the loop stays one readable function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.data import EvalBatches, PackedBatches, TokenDataset
+from lmforge.models import CausalLM, ModelConfig
+
+
+@dataclass
+class CausalLMTask:
+    """Next-token prediction on packed windows of the token stream (GPT, LLaMA)."""
+
+    name: str = "clm"
+    families: tuple[str, ...] = ("decoder",)
+
+    def build_model(self, cfg: ModelConfig) -> nn.Module:
+        return CausalLM(cfg)
+
+    def train_loader(self, dataset: TokenDataset, batch_size: int, seq_len: int, seed: int, rank: int,
+                     world_size: int) -> PackedBatches:
+        return PackedBatches(dataset, batch_size, seq_len, seed=seed, rank=rank, world_size=world_size)
+
+    def eval_loader(self, dataset: TokenDataset, batch_size: int, seq_len: int, rank: int,
+                    world_size: int) -> EvalBatches:
+        return EvalBatches(dataset, batch_size, seq_len, rank=rank, world_size=world_size)
+
+    def split(self, batch, n: int) -> list:
+        """The local batch as `n` micro-batches (gradient accumulation)."""
+        inputs, targets = batch
+        return list(zip(inputs.chunk(n), targets.chunk(n)))
+
+    def num_tokens(self, batch) -> int:
+        return batch[0].numel()
+
+    def loss(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict]:
+        """Mean next-token cross-entropy of a micro-batch."""
+        inputs, targets = (t.to(device, non_blocking=True) for t in batch)
+        return shifted_cross_entropy(model(inputs), targets), {}
+
+    @torch.no_grad()
+    def eval_sums(self, model: nn.Module, batch, device: torch.device) -> tuple[float, int]:
+        """(summed loss in nats, number of targets) of an evaluation batch."""
+        inputs, targets = (t.to(device) for t in batch)
+        loss = shifted_cross_entropy(model(inputs), targets, reduction="sum")
+        return float(loss), int((targets != -100).sum())
+
+
+def shifted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of (B, T, V) logits against targets already shifted by the loader (-100 = ignore)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction)
+
+
+TASKS = {"clm": CausalLMTask}
+
+
+def get_task(name: str):
+    """The task object for an objective name."""
+    if name not in TASKS:
+        raise ValueError(f"objective {name!r} is not one of {', '.join(TASKS)}")
+    return TASKS[name]()
