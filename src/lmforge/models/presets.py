@@ -58,4 +58,4 @@ def get_preset(name: str, **overrides) -> ModelConfig:
     """The `ModelConfig` of a preset, with fields overridden."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return ModelConfig(**{**PRESETS[name], **overrides})
+    return ModelConfig.from_dict({**PRESETS[name], **overrides}, source=f"preset {name!r} with overrides")
