@@ -18,14 +18,14 @@ pytestmark = pytest.mark.slow
 STEPS = 6
 
 
-def _config(tiny_data, run: Path, micro: int | None, steps: int = STEPS) -> Path:
+def _config(tiny_data, run: Path, micro: int | None, steps: int = STEPS, strategy: str = "auto") -> Path:
     data, tok = tiny_data
     cfg = {
         "data": {"path": str(data), "tokenizer": str(tok)},
         "model": {"preset": "llama-tiny", "overrides": TINY_MODEL},
         "train": {"steps": steps, "batch_size": 8, "micro_batch_size": micro, "seq_len": 32, "lr": 3e-3,
                   "warmup_steps": 2, "eval_every": 3, "eval_batches": 4, "checkpoint_every": 3, "log_every": 1,
-                  "progress": False, "sample_prompts": []},
+                  "progress": False, "sample_prompts": [], "distributed": strategy},
         "out_dir": str(run),
     }
     path = run.parent / f"{run.name}-{steps}.yaml"
@@ -47,13 +47,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 PRETRAIN = ["-m", "lmforge.cli", "pretrain"]
 
 
-def test_ddp_two_processes_equal_accumulation(tiny_data, tmp_path):
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_equal_accumulation(tiny_data, tmp_path, strategy):
+    single, ddp = tmp_path / "single", tmp_path / strategy
     subprocess.run([sys.executable, *PRETRAIN, "--config", str(_config(tiny_data, single, micro=4))],
                    check=True, env=ENV, capture_output=True)
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
               "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
-    out = subprocess.run([*launch, *PRETRAIN, "--config", str(_config(tiny_data, ddp, micro=None))],
+    out = subprocess.run([*launch, *PRETRAIN, "--config", str(_config(tiny_data, ddp, micro=None, strategy=strategy))],
                          env=ENV, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     a, b = _losses(single), _losses(ddp)

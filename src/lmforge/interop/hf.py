@@ -197,7 +197,7 @@ def export_family(cfg: ModelConfig) -> ModuleType:
 
 def hf_architecture(model: Model) -> str:
     """The HF `architectures[0]` for an lmforge model."""
-    cfg, task = model.cfg, next(t for t, cls in TASKS.items() if type(model) is cls)
+    cfg, task = model.cfg, next(t for t, cls in TASKS.items() if isinstance(model, cls))
     family = export_family(cfg)
     names = {
         bert: {"encoder": "BertModel", "masked-lm": "BertForMaskedLM",
@@ -219,7 +219,7 @@ def save_pretrained(model: Model, path: str | os.PathLike) -> Path:
     cfg = model.cfg
     fam = export_family(cfg)
     arch = hf_architecture(model)
-    task = next(t for t, cls in TASKS.items() if type(model) is cls)
+    task = next(t for t, cls in TASKS.items() if isinstance(model, cls))
     hf_config = fam.config_to_hf(cfg, arch)
     hf_config["dtype"] = str(model.dtype).removeprefix("torch.")
     if task in ("sequence-classification", "token-classification"):

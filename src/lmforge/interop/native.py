@@ -17,19 +17,22 @@ CONFIG_NAME = "lmforge.json"
 
 
 def task_of(model: Model) -> str:
-    """The task name of a model class."""
-    return next(t for t, cls in TASKS.items() if type(model) is cls)
+    """The task name of a model (also when FSDP has subclassed it)."""
+    return next(t for t, cls in TASKS.items() if isinstance(model, cls))
 
 
-def save_model(model: Model, path: str | os.PathLike) -> Path:
-    """Write the model in lmforge's format (atomically; tied weights stored once)."""
+def save_model(model: Model, path: str | os.PathLike, state_dict: dict | None = None) -> Path:
+    """Write the model in lmforge's format (atomically; tied weights stored once).
+
+    `state_dict` replaces `model.state_dict()`, e.g. a full one gathered from FSDP shards.
+    """
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     kwargs = {"nsp": True} if isinstance(model, MaskedLM) and model.nsp_head is not None else {}
     meta = {"format": "lmforge", "version": 1, "task": task_of(model), "task_kwargs": kwargs,
             "config": model.cfg.to_dict()}
     seen, tensors = set(), {}
-    for name, t in model.state_dict().items():
+    for name, t in (model.state_dict() if state_dict is None else state_dict).items():
         if t.data_ptr() in seen and t.numel():
             continue  # a tied weight: re-tied on load
         seen.add(t.data_ptr())

@@ -15,6 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from lmforge.interop.native import load_model, save_model
 
@@ -44,15 +51,27 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# Full (unsharded) state dicts on CPU: the same code serves one process, DDP and FSDP.
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
 def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, data_state: dict,
-                    extra: dict | None = None, keep_last: int = 2, best_metric: str | None = None) -> Path:
-    """Write `run_dir/step-XXXXXXX/` atomically, then prune to the last `keep_last` (plus `best`)."""
+                    extra: dict | None = None, keep_last: int = 2, best_metric: str | None = None,
+                    is_main: bool = True) -> Path:
+    """Write `run_dir/step-XXXXXXX/` atomically, then prune to the last `keep_last` (plus `best`).
+
+    Every rank calls this (gathering sharded FSDP state is collective); only the main rank writes.
+    """
+    model_state = get_model_state_dict(model, options=FULL)
+    optim_state = get_optimizer_state_dict(model, optimizer, options=FULL)
     final = run_dir / f"{PREFIX}{step:07d}"
+    if not is_main:
+        return final
     tmp = run_dir / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, tmp / "model")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+    save_model(model, tmp / "model", state_dict=model_state)
+    torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_state()},
                tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "data": data_state, **(extra or {})}, indent=1))
     if final.exists():
@@ -95,9 +114,9 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
     if saved.cfg.to_dict() != model.cfg.to_dict():
         diff = [k for k, v in saved.cfg.to_dict().items() if model.cfg.to_dict().get(k) != v]
         raise CheckpointError(f"{path}: checkpoint is from another model shape (differs in: {', '.join(diff)})")
-    model.load_state_dict(saved.state_dict())
+    set_model_state_dict(model, saved.state_dict(), options=StateDictOptions(full_state_dict=True))
     trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(trainer["optimizer"])
+    set_optimizer_state_dict(model, optimizer, trainer["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])
     return json.loads((path / "state.json").read_text())

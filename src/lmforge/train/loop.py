@@ -49,6 +49,7 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
     for stack in (raw.body.encoder, raw.body.decoder):
         if stack is not None:
             stack.gradient_checkpointing = cfg.activation_checkpointing
+    model = wrap(raw, env, cfg.distributed)  # FSDP shards `raw` in place, so the optimizer comes after
     optimizer = build_optimizer(raw, cfg.lr, cfg.weight_decay, cfg.betas)
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                 schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
@@ -60,7 +61,6 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
         step, best = state["step"], state.get("best_val_loss", math.inf)
         if env.is_main:
             print(f"resumed from {last} at step {step}")
-    model = wrap(raw, env, cfg.distributed)
     if cfg.compile:
         model = torch.compile(model)
 
@@ -88,6 +88,8 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
         loss = all_reduce_mean(torch.stack(losses).mean(), env)
         grad_norm = (torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
                      else torch.tensor(0.0))
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
         finite = all_true(bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm)), env)
         if not finite:
             optimizer.zero_grad(set_to_none=True)
@@ -130,11 +132,10 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
         if on_sample is not None and env.is_main and cfg.sample_every and step % cfg.sample_every == 0:
             on_sample(raw, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
-            if env.is_main:
-                ckpt.save_checkpoint(run_dir, step, model=raw, optimizer=optimizer, scheduler=scheduler,
-                                     data_state=loader.state_dict(),
-                                     extra={"best_val_loss": best, "val_loss": last.get("val_loss")},
-                                     keep_last=cfg.keep_last, best_metric="val_loss")
+            ckpt.save_checkpoint(run_dir, step, model=raw, optimizer=optimizer, scheduler=scheduler,
+                                 data_state=loader.state_dict(), is_main=env.is_main,
+                                 extra={"best_val_loss": best, "val_loss": last.get("val_loss")},
+                                 keep_last=cfg.keep_last, best_metric="val_loss")
             barrier(env)
         if out_of_time:
             if env.is_main:

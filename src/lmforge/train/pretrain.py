@@ -10,8 +10,10 @@ import torch
 import yaml
 
 from lmforge.data import TokenDataset
+from lmforge.interop import load_model
 from lmforge.models import get_preset
 from lmforge.models.config import ConfigError
+from lmforge.train.checkpoint import latest_checkpoint
 from lmforge.train.config import DataSpec, ModelSpec, TrainConfig
 from lmforge.train.distributed import setup, teardown
 from lmforge.train.loop import seed_everything, train
@@ -55,12 +57,15 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
                 for prompt, text in generate_samples(m, tokenizer, train_cfg.sample_prompts).items():
                     print(f"  [{step}] {prompt!r} -> {text!r}")
 
-        result = train(net, task, train_data, val_data, train_cfg, run_dir, env, resume=resume, on_sample=sample)
+        result = train(net, task, train_data, val_data, train_cfg, run_dir, env, resume=resume,
+                       on_sample=None if env.enabled else sample)
         if env.is_main:
+            # The final checkpoint holds the full weights whatever the strategy (FSDP shards `net`).
+            final = load_model(latest_checkpoint(run_dir) / "model")
             if tokenizer is not None and cfg.family == "decoder":
-                result["samples"] = generate_samples(net, tokenizer, train_cfg.sample_prompts)
+                result["samples"] = generate_samples(final, tokenizer, train_cfg.sample_prompts)
             if export:
-                export_hf(net, tokenizer, run_dir / "hf")
+                export_hf(final, tokenizer, run_dir / "hf")
             (run_dir / "result.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
         return result
     finally:
