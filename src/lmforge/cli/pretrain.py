@@ -21,7 +21,8 @@ def pretrain(
     Args:
         data: prepared data folder and its tokenizer.
         model: preset and field overrides.
-        objective: clm (decoders).
+        objective: clm (decoders); mlm, mlm-wwm, mlm-nsp, rtd (ELECTRA), contrastive (SimCSE) for
+            encoders; span (T5 span corruption) for encoder-decoders.
         train: optimisation, precision, evaluation, checkpointing.
         out_dir: run folder: config.yaml, metrics.jsonl, tensorboard/, step-*/ checkpoints, hf/.
         resume: continue exactly from the latest complete checkpoint in out_dir.

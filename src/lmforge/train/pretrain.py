@@ -38,6 +38,7 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
         ids = {"vocab_size": train_data.vocab_size, "eos_token_id": train_data.eos_id}
         if tokenizer is not None:
             ids.update(bos_token_id=tokenizer.bos_id, pad_token_id=tokenizer.pad_id)
+        ids.update(task.configure(train_data, tokenizer))  # e.g. ids reserved for [MASK], sentinels
         cfg = get_preset(model.preset, **{**ids, **model.overrides})
         if cfg.family not in task.families:
             raise ConfigError(f"objective {objective!r} trains {' or '.join(task.families)} models, "
@@ -65,7 +66,10 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
             if tokenizer is not None and cfg.family == "decoder":
                 result["samples"] = generate_samples(final, tokenizer, train_cfg.sample_prompts)
             if export:
-                export_hf(final, tokenizer, run_dir / "hf")
+                try:
+                    export_hf(task.export_model(final), tokenizer, run_dir / "hf")
+                except ConfigError as err:
+                    print(f"no Hugging Face export: {err}")
             (run_dir / "result.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
         return result
     finally:
