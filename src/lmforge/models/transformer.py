@@ -72,8 +72,8 @@ class TransformerStack(nn.Module):
         """
         b, t, _ = x.shape
         past = cache.length if cache is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(past, past + t, device=x.device).expand(b, t)
+        if position_ids is None:  # (1, T): broadcast over the batch, so RoPE tables are computed once
+            position_ids = torch.arange(past, past + t, device=x.device)[None]
         if self.positions is not None:
             x = x + self.positions(position_ids).to(x.dtype)
         if self.token_types is not None:
