@@ -121,3 +121,19 @@ def test_run_writes_resolved_config_metrics_and_hf_export(tiny_data, tmp_path):
     hf_tok = T.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert hf.config.vocab_size == len(hf_tok)
     assert result["samples"]["the "].startswith("the ")
+
+
+def test_activation_checkpointing_gives_the_same_losses(tiny_data, tmp_path):
+    from lmforge.train.metrics import read_metrics
+
+    data, _ = tiny_data
+    ds, val = TokenDataset(data, "train"), TokenDataset(data, "val")
+    losses = []
+    for i, on in enumerate((False, True)):
+        torch.manual_seed(0)
+        model = build_model(get_preset("llama-tiny", vocab_size=ds.vocab_size, **TINY_MODEL))
+        cfg = TrainConfig(steps=3, batch_size=4, seq_len=16, progress=False, eval_every=100, checkpoint_every=100,
+                          log_every=1, activation_checkpointing=on)
+        train(model, CausalLMTask(), ds, val, cfg, tmp_path / str(i), DistEnv())
+        losses.append([r["loss"] for r in read_metrics(tmp_path / str(i) / "metrics.jsonl") if "loss" in r])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)

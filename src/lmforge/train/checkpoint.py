@@ -57,7 +57,7 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, data_state: dict,
                     extra: dict | None = None, keep_last: int = 2, best_metric: str | None = None,
-                    is_main: bool = True) -> Path:
+                    is_main: bool = True, scaler=None) -> Path:
     """Write `run_dir/step-XXXXXXX/` atomically, then prune to the last `keep_last` (plus `best`).
 
     Every rank calls this (gathering sharded FSDP state is collective); only the main rank writes.
@@ -71,8 +71,10 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, da
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(model, tmp / "model", state_dict=model_state)
-    torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "trainer.pt")
+    trainer = {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_state()}
+    if scaler is not None:
+        trainer["scaler"] = scaler.state_dict()
+    torch.save(trainer, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "data": data_state, **(extra or {})}, indent=1))
     if final.exists():
         shutil.rmtree(final)
@@ -106,7 +108,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler=None) -> dict:
     """Restore model weights, optimizer, scheduler and RNG; return `state.json` (step, data position)."""
     from lmforge.interop.hf import CheckpointError
 
@@ -119,4 +121,6 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
     set_optimizer_state_dict(model, optimizer, trainer["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])
+    if scaler is not None and "scaler" in trainer:
+        scaler.load_state_dict(trainer["scaler"])
     return json.loads((path / "state.json").read_text())

@@ -53,10 +53,12 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
     optimizer = build_optimizer(raw, cfg.lr, cfg.weight_decay, cfg.betas)
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                 schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
+    # fp16 (GPU only) needs loss scaling; bf16 and fp32 do not.
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     loader = task.train_loader(train_data, cfg.batch_size, cfg.seq_len, cfg.seed, env.rank, env.world_size)
     step, best = 0, math.inf
     if resume and (last := ckpt.latest_checkpoint(run_dir)) is not None:
-        state = ckpt.load_checkpoint(last, model=raw, optimizer=optimizer, scheduler=scheduler)
+        state = ckpt.load_checkpoint(last, model=raw, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         loader.load_state_dict(state["data"])
         step, best = state["step"], state.get("best_val_loss", math.inf)
         if env.is_main:
@@ -83,14 +85,18 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
             with sync:
                 with autocast(precision, device):
                     loss, _ = task.loss(model, mb, device)
-                (loss / accum).backward()
+                scaled = loss / accum
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             losses.append(loss.detach())
         loss = all_reduce_mean(torch.stack(losses).mean(), env)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         grad_norm = (torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
                      else torch.tensor(0.0))
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
-        finite = all_true(bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm)), env)
+        # Under fp16 the scaler skips overflowing steps itself (and lowers its scale); only the loss counts here.
+        finite = all_true(bool(torch.isfinite(loss)) and (scaler is not None or bool(torch.isfinite(grad_norm))), env)
         if not finite:
             optimizer.zero_grad(set_to_none=True)
             bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
@@ -101,7 +107,11 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
                                     f"(last at step {step}); lower the learning rate or check the data")
             continue
         bad_in_a_row = 0
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -132,7 +142,7 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
         if on_sample is not None and env.is_main and cfg.sample_every and step % cfg.sample_every == 0:
             on_sample(raw, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
-            ckpt.save_checkpoint(run_dir, step, model=raw, optimizer=optimizer, scheduler=scheduler,
+            ckpt.save_checkpoint(run_dir, step, model=raw, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                  data_state=loader.state_dict(), is_main=env.is_main,
                                  extra={"best_val_loss": best, "val_loss": last.get("val_loss")},
                                  keep_last=cfg.keep_last, best_metric="val_loss")
