@@ -37,15 +37,10 @@ RESULTS_DIR = BENCH_DIR / "results"
 
 
 def cpu_flags() -> set[str]:
-    """The CPU feature flags of the first processor in /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    """The CPU feature flags (the library's own detection, which picks the training dtype)."""
+    from lmforge.train.precision import cpu_flags as library_flags
+
+    return set(library_flags())
 
 
 def cpu_model() -> str:
