@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from _assets import require_asset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -37,18 +38,6 @@ SENTENCES = [
 @pytest.fixture(scope="session")
 def sentences() -> list[str]:
     return list(SENTENCES)
-
-
-def require_asset(getter, *args):
-    """Return `getter(*args)`; when the asset is missing, skip locally or fail under CI=true."""
-    from lmforge.assets import AssetMissing
-
-    try:
-        return getter(*args)
-    except AssetMissing as err:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"asset missing under CI: {err}")
-        pytest.skip(f"asset missing: {err}")
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from _assets import require_asset
 from _data_helpers import DOCUMENTS, write_jsonl, write_text
-from conftest import require_asset
 
 from lmforge.cli import data as data_cli
 from lmforge.data import TokenDataset, read_manifest

@@ -6,7 +6,7 @@ import hashlib
 import json
 
 import pytest
-from conftest import require_asset
+from _assets import require_asset
 
 from lmforge.assets import AssetMissing
 from lmforge.data import build_default_corpus, default_corpus_path

@@ -6,7 +6,7 @@ import shutil
 import tarfile
 
 import pytest
-from conftest import require_asset
+from _assets import require_asset
 
 from lmforge.tokenizers import Tokenizer
 

@@ -26,5 +26,3 @@ def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
     prepare([text], root / "tok", root / "data", progress=False, workers=1)
     return root / "data", root / "tok"
 
-
-TINY_MODEL = {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "d_ff": 128, "max_seq_len": 128}

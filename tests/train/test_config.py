@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_MODEL
+from _tiny import TINY_MODEL
 
 from lmforge.cli import main
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_MODEL
+from _tiny import TINY_MODEL
 
 from lmforge.train.metrics import read_metrics
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_MODEL
+from _tiny import TINY_MODEL
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_MODEL
+from _tiny import TINY_MODEL
 
 from lmforge.data import TokenDataset
 from lmforge.models import ConfigError, get_preset

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from _tiny import TINY_MODEL
 
 from lmforge.data import TokenDataset
 from lmforge.models import build_model, get_preset

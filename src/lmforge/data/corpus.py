@@ -24,7 +24,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 
 from lmforge.assets import AssetMissing, cache_dir, cached, package_dir
+from lmforge.fileio import atomic_write_bytes
 
 CORPUS_VERSION = 1
 CORPUS_FILE = "default.jsonl"
@@ -226,7 +226,7 @@ def build_default_corpus(out_dir: str | Path, max_mb: float = 4.0, seed: int = 0
         })
     data = ("\n".join(lines) + "\n").encode("utf-8")
     path = out / CORPUS_FILE
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)
     manifest = {
         "name": "lmforge-default-corpus",
         "version": CORPUS_VERSION,
@@ -240,14 +240,8 @@ def build_default_corpus(out_dir: str | Path, max_mb: float = 4.0, seed: int = 0
         "languages": {lang: sum(s["bytes"] for s in provenance if s["language"] == lang) for lang in ("en", "zh")},
         "sources": provenance,
     }
-    _atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
+    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
     return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def default_corpus_path(max_mb: float = 4.0, seed: int = 0) -> Path:

@@ -45,6 +45,7 @@ import numpy as np
 from lmforge.data.errors import DataError, DataWarning
 from lmforge.data.sources import ReadStats, Source, check_reader_options, expand_inputs, read_documents
 from lmforge.data.tokenizer import TokenizerInfo, load_tokenizer, tokenizer_info
+from lmforge.fileio import atomic_write, atomic_write_bytes
 
 MANIFEST = "manifest.json"
 FORMAT = "lmforge-token-shards"
@@ -161,22 +162,12 @@ class _Encoder:
 # --- shards -------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _save_offsets(path: Path, offsets: Sequence[int]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, np.asarray(offsets, dtype=np.int64))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a handle, since np.save would append ".npy" to a bare name
+            np.save(handle, np.asarray(offsets, dtype=np.int64))
+
+    atomic_write(path, write)
 
 
 class _ShardWriter:
@@ -281,7 +272,7 @@ def read_manifest(out_dir: str | Path) -> dict:
 
 def _write_manifest(out_dir: Path, manifest: dict) -> None:
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _atomic_write(out_dir / MANIFEST, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _remove_outputs(out_dir: Path, keep: set[str]) -> None:

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmforge import assets
+from lmforge.fileio import atomic_write
 from lmforge.interop import bart, bert, gpt2, llama
 from lmforge.interop.mapping import to_ours, to_theirs
 from lmforge.models.config import ConfigError, ModelConfig
@@ -155,7 +155,7 @@ def load_pretrained(path: str | os.PathLike, task: str | None = None, dtype: tor
     problems, fresh = [], []
     for name, tensor in expected.items():
         if name not in ours:
-            if _tied(model, name):
+            if model.is_tied(name):
                 continue
             if name.startswith(HEAD_PREFIXES):
                 fresh.append(name)
@@ -176,10 +176,6 @@ def load_pretrained(path: str | os.PathLike, task: str | None = None, dtype: tor
     model.load_state_dict({k: v for k, v in ours.items() if k in expected}, strict=False)
     model.tie_weights()
     return model.to(dtype).eval()
-
-
-def _tied(model: Model, name: str) -> bool:
-    return model.cfg.tie_embeddings and name in ("lm_head.proj.weight", "mlm_head.proj.weight")
 
 
 def export_family(cfg: ModelConfig) -> ModuleType:
@@ -226,25 +222,13 @@ def save_pretrained(model: Model, path: str | os.PathLike) -> Path:
         n = model.head.proj.out_features
         hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
         hf_config["label2id"] = {f"LABEL_{i}": i for i in range(n)}
-    state = {k: v for k, v in model.state_dict().items() if not _tied(model, k)}
+    state = {k: v for k, v in model.state_dict().items() if not model.is_tied(k)}
     theirs = to_theirs(fam.rules(cfg, task), state)
     if arch in ("BertModel",):  # bare bodies carry no base prefix
         theirs = {k.removeprefix(fam.PREFIX): v for k, v in theirs.items()}
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / "model.safetensors", lambda p: save_file(theirs, p, metadata={"format": "pt"}))
-    _atomic_write(folder / "config.json",
+    atomic_write(folder / "model.safetensors", lambda p: save_file(theirs, p, metadata={"format": "pt"}))
+    atomic_write(folder / "config.json",
                   lambda p: Path(p).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n"))
     return folder
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Write to a temporary file beside `target`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lmforge.interop.hf import CheckpointError, _atomic_write, _load_safetensors
+from lmforge.fileio import atomic_write
+from lmforge.interop.hf import CheckpointError, _load_safetensors
 from lmforge.models.config import ConfigError, ModelConfig
 from lmforge.models.model import TASKS, MaskedLM, Model
 
@@ -37,8 +38,8 @@ def save_model(model: Model, path: str | os.PathLike, state_dict: dict | None = 
             continue  # a tied weight: re-tied on load
         seen.add(t.data_ptr())
         tensors[name] = t.contiguous()
-    _atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     return folder
 
 
@@ -63,17 +64,13 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> M
     expected = model.state_dict()
     problems = [f"{k}: shape {tuple(tensors[k].shape)} != {tuple(v.shape)}"
                 for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
-    missing = [k for k in expected if k not in tensors and not _is_tied(model, k)]
+    missing = [k for k in expected if k not in tensors and not model.is_tied(k)]
     if problems or missing:
         raise CheckpointError(f"{folder}: checkpoint does not fit {CONFIG_NAME}: "
                               + "; ".join(problems[:8] + [f"missing {k}" for k in missing[:8]]))
     model.load_state_dict(tensors, strict=False)
     model.tie_weights()
     return model.to(dtype).eval()
-
-
-def _is_tied(model: Model, name: str) -> bool:
-    return model.cfg.tie_embeddings and name in ("lm_head.proj.weight", "mlm_head.proj.weight")
 
 
 def load_any(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Model:

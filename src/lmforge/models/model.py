@@ -56,6 +56,10 @@ class Model(nn.Module):
         if head is not None and self.cfg.tie_embeddings:
             head.proj.weight = self.body.tokens.weight
 
+    def is_tied(self, name: str) -> bool:
+        """Whether state-dict entry `name` is the token embedding again (a tied output projection)."""
+        return self.cfg.tie_embeddings and name in ("lm_head.proj.weight", "mlm_head.proj.weight")
+
     def num_parameters(self, trainable_only: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameters, each shared tensor counted once."""
         seen, total = set(), 0
