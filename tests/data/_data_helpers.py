@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -55,6 +58,9 @@ class TinyTokenizer:
         canonical = json.dumps(json.loads(self.tok.to_str()), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    def id_to_token(self, id: int) -> str | None:
+        return self.tok.id_to_token(id)
+
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
@@ -70,7 +76,8 @@ class CharTokenizer:
 
     def __init__(self, vocab_size: int = 70_000, tag: str = "") -> None:
         self.vocab_size = vocab_size
-        self.eos_id = 0
+        self.eos_id: int | None = 0
+        self.sep_id: int | None = None
         self.bos_id = None
         self.tag = tag
 
@@ -112,3 +119,10 @@ def tiny_tokenizer() -> TinyTokenizer:
     if not _TOKENIZER:
         _TOKENIZER.append(TinyTokenizer.train(DOCUMENTS, vocab_size=300))
     return _TOKENIZER[0]
+
+
+def run_lmforge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the real `lmforge` command line (`python -m lmforge.cli`) in `cwd`; stdout and stderr as text."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "lmforge.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)

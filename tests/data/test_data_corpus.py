@@ -9,8 +9,8 @@ import pytest
 from _assets import require_asset
 
 from lmforge.assets import AssetMissing
-from lmforge.data import build_default_corpus, default_corpus_path
-from lmforge.data.corpus import _is_headline, _sample, _untag, clean_fortune, read_fortunes
+from lmforge.data import build_default_corpus, default_corpus_path, read_documents
+from lmforge.data.corpus import _is_headline, _sample, _untag, as_paragraph, clean_fortune, read_fortunes
 
 
 def test_clean_fortune_strips_colour_codes_and_overstrikes():
@@ -39,6 +39,17 @@ def test_sample_is_seeded_within_budget_and_in_source_order():
     assert chosen != _sample("src", docs, 500, seed=1) and chosen != list(range(len(chosen)))
 
 
+def test_plain_text_paragraphs_read_back_as_the_documents(tmp_path):
+    """default.txt: one paragraph per document, so `text_mode="paragraphs"` gives the documents back."""
+    docs = ["Genesis 1\n\nIn the beginning...", "    an indented fortune\n  -- someone", "一\n \n\n二", "plain"]
+    assert as_paragraph(docs[0]) == "Genesis 1\nIn the beginning..."
+    path = tmp_path / "default.txt"
+    path.write_text("\n\n".join(as_paragraph(d) for d in docs) + "\n", encoding="utf-8")
+    back = [text for text, _ in read_documents(path)]
+    assert back == [as_paragraph(d) for d in docs] == ["Genesis 1\nIn the beginning...",
+                                                      "an indented fortune\n  -- someone", "一\n二", "plain"]
+
+
 def test_missing_assets_raise_asset_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("LMFORGE_ASSETS", str(tmp_path))
     with pytest.raises(AssetMissing, match="make assets"):
@@ -65,6 +76,11 @@ def test_build_default_corpus(tmp_path):
     english = "".join(by_source["fortunes"] + by_source["web-bible"])
     assert sum(ch.isascii() for ch in english) / len(english) > 0.99
     assert all("\x1b" not in d["text"] and d["text"].strip() and d["text"].rstrip() == d["text"] for d in docs)
+
+    text = tmp_path / "corpus" / manifest["text_file"]  # default.txt: the same documents as plain text
+    assert manifest["text_file_bytes"] == text.stat().st_size
+    assert manifest["text_sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
+    assert [t for t, _ in read_documents(text)] == [as_paragraph(d["text"]) for d in docs]
 
 
 @pytest.mark.assets

@@ -79,7 +79,8 @@ def test_dtype_and_manifest_contents(tmp_path):
     assert manifest["version"] == 1 and manifest["complete"] is True
     assert manifest["dtype"] == "uint16"
     assert manifest["tokenizer"] == {"fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size,
-                                     "eos_id": tok.eos_id, "bos_id": None}
+                                     "eos_id": tok.eos_id, "separator": "<|endoftext|>", "bos_id": None}
+    assert TokenDataset(tmp_path / "out").separator == "<|endoftext|>"
     assert manifest["settings"]["val_fraction"] == 0.0
     train = manifest["splits"]["train"]
     assert train["documents"] == 10 and manifest["splits"]["val"] == {"tokens": 0, "documents": 0, "shards": []}
@@ -209,5 +210,49 @@ def test_bad_arguments(tmp_path):
         run([src], tmp_path / "out", tok=CharTokenizer(vocab_size=70_000), dtype="uint16")
     no_eos = CharTokenizer()
     no_eos.eos_id = None
-    with pytest.raises(DataError, match="no EOS"):
+    with pytest.raises(DataError, match=r"no EOS or SEP token to end each document.*--separator.*--special-tokens"):
         run([src], tmp_path / "out", tok=no_eos)
+
+
+def test_a_tokenizer_without_eos_ends_documents_with_sep(tmp_path):
+    src = write_text(tmp_path / "a.txt", ["hello", "world"])
+    sep_only = CharTokenizer(tag="sep")
+    sep_only.eos_id, sep_only.sep_id = None, 7
+    manifest = run([src], tmp_path / "out", tok=sep_only)
+    assert manifest["tokenizer"]["eos_id"] == 7 and manifest["tokenizer"]["separator"] is None  # no id_to_token
+    ds = TokenDataset(tmp_path / "out")
+    assert ds.eos_id == 7 and ds.array().tolist() == [*map(ord, "hello"), 7, *map(ord, "world"), 7]
+
+
+def test_wordpiece_documents_end_with_sep(tmp_path):
+    """The BERT path: a WordPiece tokenizer (bert preset, no EOS) prepares shards separated by [SEP]."""
+    from lmforge.tokenizers import train_tokenizer
+
+    src = write_text(tmp_path / "a.txt", DOCUMENTS)
+    tok = train_tokenizer([src], kind="wordpiece", vocab_size=400, show_progress=False)
+    assert tok.eos_id is None and tok.sep_id is not None
+    manifest = run([src], tmp_path / "out", tok=tok)
+    assert manifest["tokenizer"]["eos_id"] == tok.sep_id and manifest["tokenizer"]["separator"] == "[SEP]"
+    ds = TokenDataset(tmp_path / "out", tokenizer=tok)
+    assert ds.eos_id == tok.sep_id and ds.separator == "[SEP]"
+    offsets = ds.document_offsets()
+    assert (ds.array()[offsets[1:] - 1] == tok.sep_id).all()
+    for i, doc in enumerate(DOCUMENTS):
+        assert ds.document(i).tolist() == tok.encode(doc, add_special_tokens=False)  # no [CLS] / [SEP] inside
+
+
+def test_separator_can_be_named(tmp_path):
+    from lmforge.tokenizers import train_tokenizer
+
+    src = write_text(tmp_path / "a.txt", DOCUMENTS[:8])
+    tok = train_tokenizer([src], kind="bpe", vocab_size=300, special_tokens="llama", show_progress=False)
+    manifest = run([src], tmp_path / "out", tok=tok, separator="<pad>")
+    assert manifest["tokenizer"]["eos_id"] == tok.pad_id and manifest["tokenizer"]["separator"] == "<pad>"
+    ds = TokenDataset(tmp_path / "out")
+    assert ds.document(0, with_eos=True)[-1] == tok.pad_id
+    with pytest.raises(DataError, match=rf"documents end with id {tok.pad_id} there, {tok.eos_id} now"):
+        run([src], tmp_path / "out", tok=tok)  # the default separator, </s>, into the same folder
+    with pytest.raises(DataError, match=r"separator '\[SEP\]' is not in the tokenizer's vocabulary"):
+        run([src], tmp_path / "other", tok=tok, separator="[SEP]")
+    with pytest.raises(DataError, match="needs a tokenizer with token_to_id"):
+        run([src], tmp_path / "other", tok=CharTokenizer(), separator="</s>")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -256,3 +257,88 @@ def test_fingerprint(trained):
     bpe(["a", "b c"], truncation=True, max_length=2)
     assert bpe.fingerprint() == digest  # per-call padding/truncation leave no trace
     assert unigram.fingerprint() != digest
+
+
+def _documents_three_ways(folder, sentences):
+    """The same documents as blank-line separated text and as JSON lines (field "body")."""
+    docs = [" ".join(sentences[i : i + 3]).strip() for i in range(0, len(sentences), 3)] * 10
+    text = folder / "docs.txt"
+    text.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    jsonl = folder / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"body": d, "id": i}, ensure_ascii=False) + "\n" for i, d in enumerate(docs)),
+                     encoding="utf-8")
+    return docs, text, jsonl
+
+
+def test_jsonl_trains_on_the_text_not_the_syntax(tmp_path, sentences):
+    """A .jsonl file trains the same tokenizer as its documents written as plain text."""
+    _, text, jsonl = _documents_three_ways(tmp_path, sentences)
+    plain = train_tokenizer([text], kind="bpe", vocab_size=400, show_progress=False)
+    from_jsonl = train_tokenizer([jsonl], kind="bpe", vocab_size=400, text_key="body", show_progress=False)
+    assert from_jsonl.fingerprint() == plain.fingerprint()
+
+    def learned_quotes(tok):  # merged tokens holding '"' (the texts hold none; JSON is full of them)
+        return [t for t in tok.get_vocab() if '"' in t and len(t) > 1]
+
+    assert learned_quotes(from_jsonl) == []
+    # The JSON itself, read as text, teaches the tokenizer its syntax: what `tokenizer train` used to do.
+    as_text = train_tokenizer([jsonl], kind="bpe", vocab_size=400, input_format="text", show_progress=False)
+    assert learned_quotes(as_text)
+
+
+def test_parquet_trains_like_text(tmp_path, sentences):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    docs, text, _ = _documents_three_ways(tmp_path, sentences)
+    parquet = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"body": docs}), parquet)
+    plain = train_tokenizer([text], kind="bpe", vocab_size=400, show_progress=False)
+    from_parquet = train_tokenizer([parquet], kind="bpe", vocab_size=400, text_key="body", show_progress=False)
+    assert from_parquet.fingerprint() == plain.fingerprint()
+
+
+SEPARATORS = {"bert": "[SEP]", "gpt": "<|endoftext|>", "llama": "</s>", "t5": "</s>", "chat": "<|im_end|>"}
+
+
+@pytest.mark.parametrize("preset", sorted(SPECIAL_TOKEN_PRESETS))
+def test_document_separator_per_preset(corpus, preset):
+    """The token that ends each document in prepared data: eos when the preset has one, else sep."""
+    assert SPECIAL_TOKEN_PRESETS[preset].separator == SEPARATORS[preset]
+    kind = "wordpiece" if preset == "bert" else "bpe"
+    tok = train_tokenizer(corpus, kind=kind, vocab_size=400, special_tokens=preset, show_progress=False)
+    assert tok.separator == SEPARATORS[preset]
+    assert tok.separator_id == tok.token_to_id(SEPARATORS[preset])
+    assert tok.separator_id == (tok.eos_id if tok.eos_id is not None else tok.sep_id)
+    none = train_tokenizer(corpus, kind="bpe", vocab_size=400, special_tokens=["<s>", "<pad>"], show_progress=False)
+    assert none.separator is None and none.separator_id is None
+
+
+def test_set_template_is_saved_for_transformers(corpus, sentences, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tok = train_tokenizer(corpus, kind="bpe", vocab_size=400, special_tokens=["<|endoftext|>", "[CLS]", "[SEP]"],
+                          show_progress=False)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    plain = {text: tok.encode(text, add_special_tokens=False) for text in sentences}
+    assert all(tok.encode(text) == ids for text, ids in plain.items())  # no template yet: nothing added
+
+    tok.set_template("[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1")
+    for text, ids in plain.items():
+        assert tok.encode(text) == [cls, *ids, sep]
+        assert tok.decode(tok.encode(text)) == text  # the template's tokens are special: decode drops them
+    a, b = sentences[0], sentences[10]
+    pair = tok([a], [b], padding=False, return_tensors=None)["input_ids"][0]
+    assert pair == [cls, *plain[a], sep, *plain[b], sep]
+
+    folder = tok.save(tmp_path / "tok")
+    auto = transformers.AutoTokenizer.from_pretrained(str(folder))
+    again = Tokenizer.from_pretrained(folder)
+    for text, ids in plain.items():
+        assert auto(text)["input_ids"] == [cls, *ids, sep] == again.encode(text)
+    assert auto(a, b)["input_ids"] == pair
+
+    with pytest.raises(ValueError, match=r"names tokens not in the vocabulary: \[BOS\]"):
+        tok.set_template("[BOS] $A [SEP]")
+    assert tok.encode(a) == [cls, *plain[a], sep]  # a refused template changes nothing
+    tok.set_template(None)
+    assert tok.encode(a) == plain[a] and tok.decode(tok.encode(a)) == a

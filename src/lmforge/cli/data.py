@@ -1,10 +1,12 @@
-"""`lmforge data prepare|corpus`: tokenize text into memory-mapped shards; build the offline default corpus."""
+"""`lmforge data prepare|corpus`: tokenize text into memory-mapped shards; build the offline default corpus.
+
+Only typing is imported here (jsonargparse reads the signatures' hints from this module's globals);
+`lmforge.data` and numpy are imported inside the functions, so `lmforge --help` stays fast.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
-
-from lmforge.data.shards import DEFAULT_SHARD_TOKENS
 
 
 def prepare(
@@ -14,13 +16,14 @@ def prepare(
     val_fraction: float = 0.05,
     seed: int = 0,
     workers: int = 1,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    shard_tokens: int = 1 << 26,  # lmforge.data.shards.DEFAULT_SHARD_TOKENS
     text_key: str = "text",
     text_mode: Literal["paragraphs", "lines", "file"] = "paragraphs",
     input_format: Literal["text", "jsonl", "parquet"] | None = None,
     on_decode_error: Literal["fatal", "skip"] = "fatal",
     on_empty: Literal["fatal", "skip"] = "fatal",
     dtype: Literal["uint16", "uint32"] | None = None,
+    separator: str | None = None,
     overwrite: bool = False,
 ) -> None:
     """Tokenize text, JSON-lines or Parquet files into document-separated token shards with a manifest.
@@ -45,6 +48,8 @@ def prepare(
             document with a warning.
         on_empty: A file without documents: fatal stops, skip warns and goes on.
         dtype: Token storage; default uint16 when the vocabulary fits, else uint32.
+        separator: Token written after every document; default: the tokenizer's EOS token, else its SEP
+            token ([SEP] for a BERT WordPiece tokenizer).
         overwrite: Replace shards in output that were prepared with other files or settings.
     """
     from lmforge.data.shards import prepare as run
@@ -63,24 +68,32 @@ def prepare(
         input_format=input_format,
         on_decode_error=on_decode_error,
         on_empty=on_empty,
+        separator=separator,
         overwrite=overwrite,
     )
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['tokens']:,} tokens, {info['documents']:,} documents, {len(info['shards'])} shard(s)")
-    print(f"wrote {output}/manifest.json ({manifest['dtype']}, tokenizer {manifest['tokenizer']['fingerprint'][:12]})")
+    tokenizer_entry = manifest["tokenizer"]
+    separator = tokenizer_entry.get("separator") or f"id {tokenizer_entry['eos_id']}"
+    print(f"wrote {output}/manifest.json ({manifest['dtype']}, tokenizer {tokenizer_entry['fingerprint'][:12]}, "
+          f"documents end with {separator})")
 
 
 def corpus(output: str | None = None, max_mb: float = 4.0, seed: int = 0) -> None:
-    """Build the default English + Chinese corpus (default.jsonl) from the assets fetched by `make assets`.
+    """Build the default English + Chinese corpus from the assets fetched by `make assets`.
+
+    It writes default.jsonl (one {"text", "source", "id"} object per document), default.txt (the same
+    documents as plain text, one blank-line separated paragraph each) and manifest.json.
 
     Args:
-        output: Folder to write default.jsonl and manifest.json into; default: the asset cache's corpus/.
+        output: Folder to write default.jsonl, default.txt and manifest.json into; default: the asset
+            cache's corpus/.
         max_mb: Size of the corpus text in MB (10^6 bytes of UTF-8), half English, half Chinese.
         seed: Seed of the per-source document sample.
     """
     import json
 
-    from lmforge.data.corpus import build_default_corpus, default_corpus_path
+    from lmforge.data.corpus import TEXT_FILE, build_default_corpus, default_corpus_path
 
     if output is None:
         path = default_corpus_path(max_mb=max_mb, seed=seed)
@@ -91,3 +104,4 @@ def corpus(output: str | None = None, max_mb: float = 4.0, seed: int = 0) -> Non
         print(f"{source['name']:>14} ({source['language']}): {source['documents']:>6,} documents, "
               f"{source['bytes']:>10,} bytes  [{source['licence']}]")
     print(f"wrote {path}: {manifest['documents']:,} documents, {manifest['bytes']:,} bytes of text")
+    print(f"wrote {path.parent / TEXT_FILE}: the same documents as plain text, separated by blank lines")

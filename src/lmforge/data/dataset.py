@@ -16,9 +16,9 @@ from lmforge.data.tokenizer import check_tokenizer
 class TokenDataset:
     """The tokens of one split ("train" or "val") of a folder written by `prepare`.
 
-    The split is one stream: the shards in order, every document followed by EOS. `tokens(start, stop)`
-    slices it, `array()` gives all of it, `document(i)` one document. Pass `tokenizer` (an object or a path)
-    to check that it is the tokenizer the shards were made with.
+    The split is one stream: the shards in order, every document followed by the separator (`eos_id`).
+    `tokens(start, stop)` slices it, `array()` gives all of it, `document(i)` one document. Pass `tokenizer`
+    (an object or a path) to check that it is the tokenizer the shards were made with.
     """
 
     def __init__(self, path: str | Path, split: str = "train", tokenizer: Any = None) -> None:
@@ -63,7 +63,7 @@ class TokenDataset:
 
     @property
     def num_tokens(self) -> int:
-        """Tokens in the split, the EOS after each document included."""
+        """Tokens in the split, the separator after each document included."""
         return int(self._token_starts[-1])
 
     @property
@@ -78,8 +78,13 @@ class TokenDataset:
 
     @property
     def eos_id(self) -> int:
-        """The EOS id that ends every document."""
+        """The id that ends every document: the tokenizer's EOS, or its SEP for BERT-style tokenizers."""
         return int(self.manifest["tokenizer"]["eos_id"])
+
+    @property
+    def separator(self) -> str | None:
+        """The token of `eos_id` (e.g. "<|endoftext|>", "[SEP]"), None when the manifest does not say."""
+        return self.manifest["tokenizer"].get("separator")
 
     @property
     def fingerprint(self) -> str:
@@ -116,7 +121,7 @@ class TokenDataset:
         return self._doc_offsets.copy()
 
     def document(self, index: int, with_eos: bool = False) -> np.ndarray:
-        """The tokens of document `index`, without its closing EOS unless `with_eos`."""
+        """The tokens of document `index`, without its closing separator unless `with_eos`."""
         if not -self.num_documents <= index < self.num_documents:
             raise IndexError(f"document {index} out of range: the {self.split} split has {self.num_documents}")
         index %= self.num_documents

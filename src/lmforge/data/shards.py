@@ -3,13 +3,15 @@
 Layout of the output folder:
 
 - `train_000.bin`, `train_001.bin`, ..., `val_000.bin`, ...: raw token ids (`uint16` when the vocabulary
-  fits, else `uint32`; read them with `np.memmap`). Each document's tokens are followed by the EOS id.
+  fits, else `uint32`; read them with `np.memmap`). Each document's tokens are followed by the document
+  separator: the tokenizer's EOS id, else its SEP id (BERT's `[SEP]`), or the `separator` token asked for.
   A document never spans two shards; a shard is closed before a document would take it past
   `shard_tokens` (a longer document gets a shard to itself).
 - `train_000.idx.npy`, ...: int64 document offsets of each shard (documents + 1 entries; document `i` is
-  `tokens[offsets[i]:offsets[i + 1]]`, its EOS included).
-- `manifest.json`: format version, tokenizer fingerprint, vocabulary size, EOS/BOS ids, dtype, settings,
-  per-split token/document counts and shard list, one entry per input file, and `complete`.
+  `tokens[offsets[i]:offsets[i + 1]]`, its separator included).
+- `manifest.json`: format version; the tokenizer's fingerprint, vocabulary size, `eos_id` (the id that
+  ends every document, whichever token it is), `separator` (that token's text) and `bos_id`; dtype,
+  settings, per-split token/document counts and shard list, one entry per input file, and `complete`.
 
 The train/validation split is by document: a document goes to validation when a hash of the split seed
 and its text falls below `val_fraction`, so the split depends on neither the file order nor the number
@@ -73,7 +75,7 @@ def is_validation(text: str, val_fraction: float, seed: int = 0) -> bool:
 def encode_documents(
     tokenizer: Any, texts: Sequence[str], eos_id: int, dtype: str, val_fraction: float, seed: int
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Tokenize documents; per split, their concatenated ids (each followed by EOS) and their lengths."""
+    """Tokenize documents; per split, their concatenated ids (each followed by `eos_id`) and their lengths."""
     ids = tokenizer.encode_batch(list(texts), add_special_tokens=False)
     limit = np.iinfo(dtype).max
     in_val = [is_validation(text, val_fraction, seed) for text in texts]
@@ -290,7 +292,7 @@ def _start(out_dir: Path, sources: list[Source], info: TokenizerInfo, settings: 
         "version": VERSION,
         "complete": False,
         "tokenizer": {"fingerprint": info.fingerprint, "vocab_size": info.vocab_size,
-                      "eos_id": info.eos_id, "bos_id": info.bos_id},
+                      "eos_id": info.eos_id, "separator": info.separator, "bos_id": info.bos_id},
         "dtype": settings["dtype"],
         "settings": settings,
         "splits": {split: {"tokens": 0, "documents": 0, "shards": []} for split in SPLITS},
@@ -306,6 +308,8 @@ def _start(out_dir: Path, sources: list[Source], info: TokenizerInfo, settings: 
     problems = []
     if old["tokenizer"]["fingerprint"] != info.fingerprint:
         problems.append(f"tokenizer fingerprint {old['tokenizer']['fingerprint']} there, {info.fingerprint} now")
+    elif old["tokenizer"].get("eos_id") != info.eos_id:
+        problems.append(f"documents end with id {old['tokenizer'].get('eos_id')} there, {info.eos_id} now (separator)")
     for key in _SETTINGS:
         if old["settings"].get(key) != settings[key]:
             problems.append(f"{key} {old['settings'].get(key)!r} there, {settings[key]!r} now")
@@ -343,11 +347,16 @@ def prepare(
     input_format: str | None = None,
     on_decode_error: str = "fatal",
     on_empty: str = "fatal",
+    separator: str | None = None,
     overwrite: bool = False,
     batch_docs: int = 256,
     progress: bool = True,
 ) -> dict:
-    """Tokenize `files` (paths, folders or globs) into shards under `out_dir`; returns the manifest."""
+    """Tokenize `files` (paths, folders or globs) into shards under `out_dir`; returns the manifest.
+
+    Every document is followed by the separator token: `separator` when given (a token of the
+    tokenizer's vocabulary), else the tokenizer's EOS token, else its SEP token.
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if shard_tokens < 1 or batch_docs < 1:
@@ -355,9 +364,13 @@ def prepare(
     check_reader_options(text_mode, on_decode_error, on_empty)
     sources = expand_inputs(files, input_format)
     tok = load_tokenizer(tokenizer)
-    info = tokenizer_info(tok)
+    info = tokenizer_info(tok, separator)
     if info.eos_id is None:
-        raise DataError("the tokenizer has no EOS token, which separates the documents in the shards")
+        raise DataError(
+            "the tokenizer has no EOS or SEP token to end each document in the shards: name one of its tokens "
+            "(separator='</s>', --separator '</s>'), or train a tokenizer whose special tokens include one "
+            "(`lmforge tokenizer train FILES --special-tokens gpt`, or a list holding </s>, <|endoftext|> or [SEP])"
+        )
     dtype = dtype or choose_dtype(info.vocab_size)
     if dtype not in ("uint16", "uint32"):
         raise DataError(f"dtype must be 'uint16' or 'uint32', got {dtype!r}")

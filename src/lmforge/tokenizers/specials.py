@@ -2,14 +2,16 @@
 
 A preset fixes three things: the special tokens and their ids (a trainer gives them ids 0, 1, 2, ...
 in the order listed), which role each one plays, and the template that `encode(...,
-add_special_tokens=True)` wraps a sequence (or a pair) in.
+add_special_tokens=True)` wraps a sequence (or a pair) in. The roles also decide the *document
+separator*, the token that `lmforge data prepare` puts after every document: the eos token, or the
+sep token for a tokenizer without one (BERT).
 
-preset  tokens, in id order                          roles                                 encode adds
-bert    [PAD] [UNK] [CLS] [SEP] [MASK]               pad unk cls sep mask                  [CLS] A [SEP]
-gpt     <|endoftext|> <pad>                          bos=eos=<|endoftext|> pad             nothing
-llama   <unk> <s> </s> <pad>                         unk bos eos pad                       <s> A
-t5      <pad> </s> <unk>                             pad eos unk                           A </s>
-chat    <|endoftext|> <|im_start|> <|im_end|> <pad>  bos=<|im_start|> eos=<|im_end|> pad   nothing
+preset  tokens, in id order                          roles                                 encode adds    separator
+bert    [PAD] [UNK] [CLS] [SEP] [MASK]               pad unk cls sep mask                  [CLS] A [SEP]  [SEP]
+gpt     <|endoftext|> <pad>                          bos=eos=<|endoftext|> pad             nothing        <|endoftext|>
+llama   <unk> <s> </s> <pad>                         unk bos eos pad                       <s> A          </s>
+t5      <pad> </s> <unk>                             pad eos unk                           A </s>         </s>
+chat    <|endoftext|> <|im_start|> <|im_end|> <pad>  bos=<|im_start|> eos=<|im_end|> pad   nothing        <|im_end|>
 
 GPT-2 itself has no padding token; the `gpt` and `llama` presets add `<pad>` so that batches can be
 padded without reusing the end-of-text token. The `chat` preset follows SmolLM2-Instruct (ChatML
@@ -18,11 +20,20 @@ markers `<|im_start|>` / `<|im_end|>`, ids 1 and 2) plus the same `<pad>`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from lmforge.tokenizers.errors import TrainingDataError
 
 # The roles a special token can play; each one is a `<role>_id` attribute of `Tokenizer`.
 ROLES: tuple[str, ...] = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
+
+# The roles whose token can end each document in prepared data, the first one present wins.
+SEPARATOR_ROLES: tuple[str, ...] = ("eos", "sep")
+
+# A special token made only of word characters ("foo") would be cut out of every word containing it.
+_WORD = re.compile(r"\w+")
 
 # Roles guessed from a token's spelling, for tokenizers that come without a `tokenizer_config.json`.
 KNOWN_ROLES: dict[str, tuple[str, ...]] = {
@@ -50,6 +61,11 @@ class SpecialTokenPreset:
     single: str | None = None  # TemplateProcessing template for one sequence, e.g. "[CLS] $A [SEP]"
     pair: str | None = None  # ... and for a pair of sequences
     description: str = ""
+
+    @property
+    def separator(self) -> str | None:
+        """The token that ends each document in prepared data (see `document_separator`)."""
+        return document_separator(self.roles)
 
 
 SPECIAL_TOKEN_PRESETS: dict[str, SpecialTokenPreset] = {
@@ -93,12 +109,20 @@ SPECIAL_TOKEN_PRESETS: dict[str, SpecialTokenPreset] = {
 
 
 def get_preset(name: str) -> SpecialTokenPreset:
-    """The special-token preset called `name`; a ValueError lists the known presets otherwise."""
+    """The special-token preset called `name`; a `TrainingDataError` lists the known presets otherwise."""
     try:
         return SPECIAL_TOKEN_PRESETS[name]
     except KeyError:
         known = ", ".join(SPECIAL_TOKEN_PRESETS)
-        raise ValueError(f"unknown special-token preset {name!r}; known presets: {known}") from None
+        raise TrainingDataError(
+            f"unknown special-token preset {name!r}; known presets: {known}, or auto, or the tokens "
+            'comma-separated (--special-tokens "<s>,</s>,<pad>")'
+        ) from None
+
+
+def document_separator(roles: Mapping[str, str]) -> str | None:
+    """The token that ends each document in prepared data: the eos token, else the sep token, else None."""
+    return next((roles[role] for role in SEPARATOR_ROLES if roles.get(role)), None)
 
 
 def infer_roles(tokens: Iterable[str]) -> dict[str, str]:
@@ -110,20 +134,52 @@ def infer_roles(tokens: Iterable[str]) -> dict[str, str]:
     return roles
 
 
+def check_special_tokens(tokens: Sequence[str]) -> None:
+    """Raise `TrainingDataError` for special tokens that cannot work: blank, with spaces, repeated, or words."""
+    problems, seen = [], set()
+    for token in tokens:
+        if not isinstance(token, str) or not token.strip():
+            problems.append(f"{token!r} is blank")
+        elif token in SPECIAL_TOKEN_PRESETS:
+            problems.append(
+                f"{token!r} is a preset name, which cannot be combined with other tokens: give the preset alone, "
+                f"or spell out its tokens ({','.join(SPECIAL_TOKEN_PRESETS[token].tokens)})"
+            )
+        elif any(c.isspace() for c in token):
+            problems.append(f"{token!r} holds whitespace (separate tokens with commas: {','.join(token.split())})")
+        elif _WORD.fullmatch(token):
+            problems.append(
+                f"{token!r} is a plain word, which would be cut out of every text containing it; "
+                f"mark it, e.g. <{token}> or [{token.upper()}]"
+            )
+        elif token in seen:
+            problems.append(f"{token!r} is repeated")
+        seen.add(token)
+    if problems:
+        raise TrainingDataError("bad special tokens: " + "; ".join(problems))
+
+
 def custom_preset(tokens: Sequence[str]) -> SpecialTokenPreset:
     """A preset made of the given tokens in that order, roles guessed from their spelling, no template."""
-    tokens = tuple(dict.fromkeys(t for t in tokens if t))  # drop blanks and repeats, keep order
+    check_special_tokens(tokens)
+    tokens = tuple(tokens)
     return SpecialTokenPreset(name="custom", tokens=tokens, roles=infer_roles(tokens))
 
 
 def parse_special_tokens(spec: str) -> str | list[str] | None:
-    """Read a command-line value: "auto" is None, a preset name stays, `<s>,</s>,<pad>` becomes a list."""
+    """Read a command-line value: "auto" is None, a preset name stays, `<s>,</s>,<pad>` becomes a list.
+
+    Raises `TrainingDataError` for an unknown preset name and for tokens that cannot work (see
+    `check_special_tokens`); empty items (`<s>,`) are ignored, so `"<|endoftext|>,"` is a list of one.
+    """
     spec = spec.strip()
     if spec in ("", "auto"):
         return None
-    if spec in SPECIAL_TOKEN_PRESETS or not any(c in spec for c in "<[|,"):
-        return spec  # a preset name (an unknown one is reported by `get_preset`)
-    return [token.strip() for token in spec.split(",") if token.strip()]
+    if not any(c in spec for c in "<[|,"):
+        return get_preset(spec).name  # a preset name; an unknown one raises, listing the presets
+    tokens = [token.strip() for token in spec.split(",") if token.strip()]
+    check_special_tokens(tokens)
+    return tokens
 
 
 def resolve_preset(

@@ -17,7 +17,8 @@ from typing import Any, Literal
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
-from lmforge.tokenizers.specials import ROLES, infer_roles
+from lmforge.tokenizers.errors import TokenizerError
+from lmforge.tokenizers.specials import ROLES, document_separator, infer_roles
 
 PaddingArg = bool | Literal["longest", "max_length", "do_not_pad"]
 
@@ -95,7 +96,8 @@ class Tokenizer:
             return cls.from_file(path)
         if not path.is_dir():
             raise FileNotFoundError(
-                f"tokenizer not found: {path} is neither a folder nor a tokenizer.json file"
+                f"tokenizer not found: {path} is neither a folder nor a tokenizer.json file; train one with "
+                f"`lmforge tokenizer train FILES --output {path}` or give the folder it was saved to"
             )
         config = _read_config(path)
         if (path / "tokenizer.json").is_file():
@@ -319,6 +321,40 @@ class Tokenizer:
             raise ValueError(f"special token {token!r} is not in the vocabulary")
         self.special_tokens[role] = token
 
+    def set_template(self, single: str | None, pair: str | None = None) -> None:
+        """What `encode(..., add_special_tokens=True)` wraps text in, e.g. `"[CLS] $A [SEP]"` (None: nothing).
+
+        Templates use `tokenizers`' TemplateProcessing syntax (`$A`, `$B:1`, `[SEP]:1`); every special
+        token they name must be in the vocabulary. The template is saved in `tokenizer.json`, so
+        `transformers`' `AutoTokenizer` adds the same tokens. A pair template with a second segment (`:1`)
+        makes batches carry `token_type_ids`.
+        """
+        if single is None:
+            model = type(self._backend.model).__name__
+            self._backend.post_processor = processors.ByteLevel(trim_offsets=False) if model == "BPE" else None
+            return
+        words = [w for t in (single, pair or "") for w in t.split() if not w.startswith("$")]
+        names = list(dict.fromkeys(w.rsplit(":", 1)[0] if w.rsplit(":", 1)[-1].isdigit() else w for w in words))
+        missing = [n for n in names if self._backend.token_to_id(n) is None]
+        if missing:
+            raise ValueError(f"template {single!r} names tokens not in the vocabulary: {', '.join(missing)}")
+        with self._lock:
+            self._backend.post_processor = processors.TemplateProcessing(
+                single=single, pair=pair, special_tokens=[(n, self._backend.token_to_id(n)) for n in names])
+        if pair is not None and ":1" in pair and "token_type_ids" not in self.model_input_names:
+            self.model_input_names.insert(1, "token_type_ids")  # a second segment: the model reads segment ids
+
+    @property
+    def separator(self) -> str | None:
+        """The token that ends each document in prepared data (`lmforge data prepare`): eos, else sep, else None."""
+        return document_separator(self.special_tokens)
+
+    @property
+    def separator_id(self) -> int | None:
+        """The id of `separator`, or None when this tokenizer has neither an eos nor a sep token."""
+        token = self.separator
+        return None if token is None else self._backend.token_to_id(token)
+
     @property
     def backend(self) -> Backend:
         """The wrapped `tokenizers.Tokenizer`."""
@@ -368,7 +404,7 @@ def _load_tokenizer_json(path: Path) -> Backend:
     try:
         return Backend.from_file(str(path))
     except Exception as err:  # the Rust error says what is wrong, not in which file
-        raise ValueError(f"{path}: not a valid tokenizer.json ({err})") from err
+        raise TokenizerError(f"{path}: not a valid tokenizer.json ({err}); save it again, or remove it") from None
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -380,7 +416,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
             try:
                 config.update(json.loads(path.read_text(encoding="utf-8")))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: not valid JSON ({err})") from err
+                raise TokenizerError(f"{path}: not valid JSON ({err})") from None
     return config
 
 
@@ -421,7 +457,7 @@ def _gpt2_backend(vocab_json: Path, merges_txt: Path, config: dict[str, Any]) ->
     try:
         vocab, merges = models.BPE.read_file(str(vocab_json), str(merges_txt))
     except Exception as err:
-        raise ValueError(f"cannot read GPT-2 vocabulary {vocab_json} / {merges_txt}: {err}") from err
+        raise TokenizerError(f"cannot read GPT-2 vocabulary {vocab_json} / {merges_txt}: {err}") from None
     backend = Backend(
         models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
     )

@@ -1,4 +1,10 @@
-"""Train byte-level BPE, WordPiece and Unigram tokenizers on UTF-8 text files with the `tokenizers` library.
+"""Train byte-level BPE, WordPiece and Unigram tokenizers with the `tokenizers` library.
+
+Training files are read exactly as `lmforge data prepare` reads them (`lmforge.data.sources`): paths,
+folders or globs; plain UTF-8 text (documents separated by blank lines, or `text_mode` "lines" /
+"file"), JSON lines (the `text_key` field) and Parquet (the `text_key` column). So a tokenizer learns
+the documents it will later tokenize, never JSON syntax, and bad input gives the same errors (file,
+line, byte offset), raised as `TrainingDataError`.
 
 The three kinds and what they promise:
 
@@ -18,17 +24,21 @@ The three kinds and what they promise:
 
 from __future__ import annotations
 
-import codecs
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
 
+from lmforge.data.errors import DataError
+from lmforge.tokenizers.errors import TrainingDataError
 from lmforge.tokenizers.specials import SpecialTokenPreset, resolve_preset
 from lmforge.tokenizers.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from lmforge.data.sources import Source
 
 Kind = Literal["bpe", "wordpiece", "unigram"]
 KINDS: tuple[str, ...] = ("bpe", "wordpiece", "unigram")
@@ -39,66 +49,65 @@ DEFAULT_PRESET: dict[str, str] = {"bpe": "gpt", "wordpiece": "bert", "unigram": 
 BYTE_PIECES: list[str] = [f"<0x{b:02X}>" for b in range(256)]
 
 
-class TrainingDataError(ValueError):
-    """A training file cannot be used as text (names the file and where the problem is)."""
+def training_sources(
+    files: Sequence[str | Path] | str | Path,
+    input_format: str | None = None,
+    text_mode: str = "paragraphs",
+    on_decode_error: str = "fatal",
+    on_empty: str = "fatal",
+) -> list[Source]:
+    """The files that paths, folders and globs name, after checking the reader options; else `TrainingDataError`."""
+    from lmforge.data.sources import check_reader_options, expand_inputs
 
-
-def check_files(files: Sequence[str | Path]) -> list[Path]:
-    """The files as paths, after checking that there is at least one and that each is a readable file."""
-    if isinstance(files, (str, Path)):
-        files = [files]
-    if not files:
-        raise ValueError("no training files given: pass one or more UTF-8 text files")
-    paths = [Path(f) for f in files]
-    for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"training file not found: {path}")
-        if not path.is_file():
-            raise TrainingDataError(f"training file is not a regular file: {path}")
-    return paths
+    if not isinstance(files, (str, Path)) and not files:
+        raise TrainingDataError("no training files given: pass one or more text, JSON-lines or Parquet files")
+    try:
+        check_reader_options(text_mode, on_decode_error, on_empty)
+        return expand_inputs(files, input_format)
+    except DataError as err:
+        raise TrainingDataError(str(err)) from None
 
 
 def iter_training_text(
-    files: Sequence[str | Path], batch_lines: int = 1000, chunk_bytes: int = 1 << 20
+    files: Sequence[str | Path],
+    batch_docs: int = 1000,
+    *,
+    text_key: str = "text",
+    text_mode: str = "paragraphs",
+    input_format: str | None = None,
+    on_decode_error: str = "fatal",
+    on_empty: str = "fatal",
 ) -> Iterator[list[str]]:
-    """Yield the files' lines (newlines kept) in batches, streaming; invalid UTF-8 raises TrainingDataError.
+    """Yield the files' documents in batches, streaming, read as `lmforge data prepare` reads them.
 
-    The error names the file, the byte offset (0-based) and line (1-based) of the first bad byte.
+    `files` are paths, folders or globs; the other options are `lmforge.data.read_documents`'.
+    Bad input (a missing file, invalid UTF-8, malformed JSON, an empty file, or no document at all)
+    raises `TrainingDataError` naming the file and, where there is one, the line and byte offset.
     """
-    for path in check_files(files):
-        decoder = codecs.getincrementaldecoder("utf-8")()
-        fed = 0  # bytes given to the decoder so far
-        newlines = 0  # b"\n" in those bytes
-        tail = ""  # an unfinished line carried to the next chunk
+    from lmforge.data.sources import read_documents
+
+    sources = training_sources(files, input_format, text_mode, on_decode_error, on_empty)
+    try:
         batch: list[str] = []
-        with path.open("rb") as fh:
-            while True:
-                chunk = fh.read(chunk_bytes)
-                pending = len(decoder.getstate()[0])  # bytes of a character cut by the last chunk
-                try:
-                    text = decoder.decode(chunk, final=not chunk)
-                except UnicodeDecodeError as err:
-                    offset = fed - pending + err.start
-                    line = newlines + chunk[: max(0, offset - fed)].count(b"\n") + 1
-                    bad = err.object[err.start]
-                    raise TrainingDataError(
-                        f"{path}: not valid UTF-8: byte 0x{bad:02x} at byte offset {offset} (line {line}); "
-                        "training files must be UTF-8 text"
-                    ) from None
-                fed += len(chunk)
-                newlines += chunk.count(b"\n")
-                lines = (tail + text).split("\n")
-                tail = lines.pop()
-                batch.extend(line + "\n" for line in lines)
-                if not chunk:
-                    break
-                if len(batch) >= batch_lines:
+        total = 0
+        for source in sources:
+            for text, _ in read_documents(source, text_key=text_key, text_mode=text_mode,
+                                          on_decode_error=on_decode_error, on_empty=on_empty):
+                batch.append(text)
+                if len(batch) >= batch_docs:
+                    total += len(batch)
                     yield batch
                     batch = []
-        if tail:
-            batch.append(tail)
+        total += len(batch)
         if batch:
             yield batch
+        if total == 0:
+            names = ", ".join(str(s.path) for s in sources)
+            raise TrainingDataError(f"no text to train on: every training file was empty or skipped ({names})")
+    except TrainingDataError:
+        raise
+    except DataError as err:  # the shared reader's message, as this module's error type
+        raise TrainingDataError(str(err)) from None
 
 
 def train_tokenizer(
@@ -109,20 +118,30 @@ def train_tokenizer(
     min_frequency: int = 2,
     lowercase: bool = False,
     show_progress: bool = True,
+    *,
+    text_key: str = "text",
+    text_mode: str = "paragraphs",
+    input_format: str | None = None,
+    on_decode_error: str = "fatal",
+    on_empty: str = "fatal",
 ) -> Tokenizer:
-    """Train a `kind` tokenizer of `vocab_size` ids on UTF-8 text files.
+    """Train a `kind` tokenizer of `vocab_size` ids on text, JSON-lines or Parquet files.
 
     `special_tokens` is a preset name ("bert", "gpt", "llama", "t5", "chat"; see
     `SPECIAL_TOKEN_PRESETS`), a list of tokens, or None / "auto" for the kind's usual family (bpe: gpt,
     wordpiece: bert, unigram: t5). The special tokens get ids 0, 1, ... in the preset's order and
     are counted in `vocab_size`. `min_frequency` applies to BPE/WordPiece merges. `lowercase`
-    lower-cases the text first (and so gives up exact round trips for bpe and unigram).
+    lower-cases the text first (and so gives up exact round trips for bpe and unigram). The files
+    and the reader options (`text_key`, `text_mode`, `input_format`, `on_decode_error`, `on_empty`)
+    are those of `lmforge.data.prepare`; see `iter_training_text`.
     BPE training is reproducible; the library's WordPiece and Unigram trainers are not bit for bit,
     so save a trained tokenizer rather than training it again.
+    Bad input or options raise `TrainingDataError`.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
-    paths = check_files(files)
+        raise TrainingDataError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)} (--kind)")
+    reader = {"text_key": text_key, "text_mode": text_mode, "input_format": input_format,
+              "on_decode_error": on_decode_error, "on_empty": on_empty}
     preset = resolve_preset(special_tokens, DEFAULT_PRESET[kind])
     tokens = list(preset.tokens)
     roles = dict(preset.roles)
@@ -131,11 +150,14 @@ def train_tokenizer(
         tokens.append(roles["unk"])
     needed = len(tokens) + (256 if kind in ("bpe", "unigram") else 0)
     if vocab_size <= needed:
-        raise ValueError(
+        raise TrainingDataError(
             f"vocab_size {vocab_size} is too small for a {kind} tokenizer: its {len(tokens)} special tokens"
             + (" and 256 byte tokens" if needed > len(tokens) else "")
-            + f" already take {needed} ids"
+            + f" already take {needed} ids; pass --vocab-size {needed + 1} or more"
         )
+    if min_frequency < 0:
+        raise TrainingDataError(f"min_frequency must be 0 or more, got {min_frequency} (--min-frequency)")
+    training_sources(files, input_format, text_mode, on_decode_error, on_empty)  # fail now, not mid-training
 
     if kind == "bpe":
         backend = Backend(models.BPE())
@@ -184,11 +206,51 @@ def train_tokenizer(
     if lowercase and kind != "wordpiece":
         backend.normalizer = normalizers.Lowercase()
 
-    backend.train_from_iterator(iter_training_text(paths), trainer=trainer)
+    try:
+        backend.train_from_iterator(iter_training_text(files, **reader), trainer=trainer)
+    except TrainingDataError:
+        raise
+    except Exception as err:  # the Rust trainer raises plain Exceptions
+        if kind == "unigram" and "not large enough" in str(err):
+            raise _unigram_too_small(files, reader, vocab_size, len(tokens), lowercase) from None
+        raise
+    trained = backend.get_vocab_size(with_added_tokens=True)
+    if kind == "wordpiece" and trained > vocab_size:  # the trainer keeps every character, whatever the size
+        raise TrainingDataError(
+            f"vocab_size {vocab_size} is too small for a wordpiece tokenizer on these files: WordPiece keeps "
+            f"every character of the training text (alone and as a ##continuation), which takes {trained} ids "
+            f"here; pass --vocab-size {trained} or more (more leaves room for whole words)"
+        )
     if kind == "unigram":
+        if trained + 256 > vocab_size:  # the trainer overshot
+            raise _unigram_too_small(files, reader, vocab_size, len(tokens), lowercase)
         backend = _add_byte_fallback(backend)
     _set_post_processor(backend, preset, kind)
     return Tokenizer(backend, roles)
+
+
+def _unigram_too_small(
+    files: Sequence[str | Path], reader: dict, vocab_size: int, num_special: int, lowercase: bool
+) -> TrainingDataError:
+    """The error for a Unigram vocabulary too small for the text's alphabet, with the size that fits.
+
+    The trainer keeps every character it saw; with fewer free ids than that it fails, and with just
+    about as many it returns more pieces than asked for. It needs one id beyond the characters, the
+    special tokens and the 256 byte pieces.
+    """
+    chars: set[str] = set()
+    for batch in iter_training_text(files, **reader):
+        for text in batch:
+            chars.update(text.lower() if lowercase else text)
+    if " " in chars:  # the Metaspace pre-tokenizer spells a space as "▁"
+        chars = (chars - {" "}) | {"\u2581"}
+    needed = len(chars) + num_special + 256 + 1
+    return TrainingDataError(
+        f"vocab_size {vocab_size} is too small for a unigram tokenizer on these files: Unigram keeps every "
+        f"distinct character of the training text as a piece ({len(chars)} here), besides the {num_special} "
+        f"special tokens and 256 byte pieces; pass --vocab-size {needed} or more, or train --kind bpe, "
+        "which needs no more than its 256 bytes"
+    )
 
 
 def _add_byte_fallback(backend: Backend) -> Backend:
