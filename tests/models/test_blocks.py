@@ -13,12 +13,15 @@ from lmforge.models.positions import RotaryEmbedding, apply_rotary, sinusoidal_t
 
 
 def test_sinusoidal_table_by_hand():
-    table = sinusoidal_table(5, 4)
-    pos, i = 3, 1  # dims 2 and 3 use frequency 1 / 10000^(2/4)
-    assert table[pos, 2] == pytest.approx(math.sin(pos / 10000 ** 0.5), abs=1e-6)
-    assert table[pos, 3] == pytest.approx(math.cos(pos / 10000 ** 0.5), abs=1e-6)
-    assert table[pos, 0] == pytest.approx(math.sin(pos), abs=1e-6)
-    assert i == 1
+    """Every entry: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d)) (Vaswani et al. 2017)."""
+    n, d = 7, 6
+    table = sinusoidal_table(n, d)
+    assert table.shape == (n, d)
+    for pos in range(n):
+        for i in range(d // 2):
+            angle = pos / 10000 ** (2 * i / d)
+            assert table[pos, 2 * i] == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1] == pytest.approx(math.cos(angle), abs=1e-6)
 
 
 def test_rmsnorm_by_hand():

@@ -3,8 +3,37 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from lmforge.models.model import CausalLM, Seq2SeqLM
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> torch.Tensor:
+    """The distribution (B, V) that `sample_next` draws from, with Hugging Face's semantics.
+
+    Logits are divided by `temperature`; `top_k` keeps the k largest (and every id tied with the
+    k-th); `top_p` then keeps the smallest prefix of the sorted, renormalised distribution whose mass
+    is >= top_p (at least one id; Holtzman et al. 2020). `top_k` of 0 or None and `top_p` of None
+    or 1 switch a filter off. At temperature 0 the distribution is one-hot at the argmax.
+    """
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k={top_k} must be >= 0 (0 or None: no top-k filter)")
+    if top_p is not None and not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} must be in [0, 1]")
+    if temperature <= 0:
+        return nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
+    logits = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        mass = sorted_logits.softmax(-1).cumsum(-1)  # (B, V): mass of each sorted prefix
+        drop = torch.zeros_like(mass, dtype=torch.bool)
+        drop[..., 1:] = mass[..., :-1] >= top_p  # the prefix before this id already holds top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits.softmax(-1)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
@@ -12,16 +41,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
     """Next token ids (B,) from last-position logits (B, V): argmax at temperature 0, else sampled."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix with mass >= top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    probs = sampling_probs(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 @torch.inference_mode()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.interop.mapping import Rule, linear, norm
+from lmforge.interop.mapping import Head, Rule, head_rules, linear, norm, num_labels_of
 from lmforge.models.config import ConfigError, ModelConfig
 from lmforge.models.presets import BERT
 
@@ -12,6 +12,12 @@ TASK_OF_ARCH = {
     "BertModel": "encoder", "BertForMaskedLM": "masked-lm", "BertForPreTraining": "masked-lm",
     "BertForSequenceClassification": "sequence-classification",
     "BertForTokenClassification": "token-classification", "BertForQuestionAnswering": "question-answering",
+}
+# Task heads; BertForTokenClassification and BertForQuestionAnswering have no pooler.
+HEADS = {
+    "sequence-classification": Head("classifier", True, PREFIX),
+    "token-classification": Head("classifier", True, PREFIX),
+    "question-answering": Head("qa_outputs", True, PREFIX),
 }
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
@@ -29,7 +35,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
         "n_heads": hf["num_attention_heads"], "d_ff": hf["intermediate_size"],
         "max_seq_len": hf.get("max_position_embeddings", 512), "type_vocab_size": hf.get("type_vocab_size", 2),
         "norm_eps": hf.get("layer_norm_eps", 1e-12), "activation": ACTIVATIONS[act],
-        "pad_token_id": hf.get("pad_token_id", 0), "num_labels": len(hf.get("id2label") or {}) or 2,
+        "pad_token_id": hf.get("pad_token_id", 0), "num_labels": num_labels_of(hf),
+        "sequence_classifier_bias": HEADS["sequence-classification"].bias,
     })
 
 
@@ -48,7 +55,8 @@ def config_to_hf(cfg: ModelConfig, architecture: str) -> dict:
 
 def rules(cfg: ModelConfig, task: str) -> list[Rule]:
     """lmforge <- HF names, with the `bert.` base prefix (stripped for bare BertModel checkpoints)."""
-    p = PREFIX
+    head = HEADS.get(task)
+    p = head.base_prefix if head else PREFIX
     r = [
         Rule("body.tokens.weight", f"{p}embeddings.word_embeddings.weight"),
         Rule("body.encoder.positions.weight", f"{p}embeddings.position_embeddings.weight"),
@@ -71,7 +79,7 @@ def rules(cfg: ModelConfig, task: str) -> list[Rule]:
     r += [Rule("mlm_head.proj.weight", "cls.predictions.decoder.weight"),
           Rule("mlm_head.proj.bias", "cls.predictions.bias")]
     r += linear("nsp_head.proj", "cls.seq_relationship", True)
-    r += linear("head.proj", "qa_outputs" if task == "question-answering" else "classifier", True)
+    r += head_rules(head)
     return r
 
 

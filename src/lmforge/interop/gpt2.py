@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from lmforge.interop.mapping import Rule, linear, norm
+from lmforge.interop.mapping import Head, Rule, head_rules, linear, norm, num_labels_of
 from lmforge.models.config import ConfigError, ModelConfig
 from lmforge.models.presets import GPT2
 
 MODEL_TYPES = ("gpt2",)
 PREFIX = "transformer."
-TASK_OF_ARCH = {"GPT2Model": "causal-lm", "GPT2LMHeadModel": "causal-lm"}
+TASK_OF_ARCH = {
+    "GPT2Model": "causal-lm", "GPT2LMHeadModel": "causal-lm", "GPT2ForSequenceClassification": "sequence-classification",
+    "GPT2ForTokenClassification": "token-classification", "GPT2ForQuestionAnswering": "question-answering",
+}
+HEADS = {
+    "sequence-classification": Head("score", False, PREFIX),
+    "token-classification": Head("classifier", True, PREFIX),
+    "question-answering": Head("qa_outputs", True, PREFIX),
+}
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
 
@@ -28,7 +36,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
         "norm_eps": hf.get("layer_norm_epsilon", 1e-5), "activation": ACTIVATIONS[act],
         "tie_embeddings": hf.get("tie_word_embeddings", True),
         "bos_token_id": hf.get("bos_token_id"), "eos_token_id": hf.get("eos_token_id"),
-        "pad_token_id": hf.get("pad_token_id"),
+        "pad_token_id": hf.get("pad_token_id"), "num_labels": num_labels_of(hf),
+        "sequence_classifier_bias": HEADS["sequence-classification"].bias,
         "attn_scale": None if hf.get("scale_attn_weights", True) else 1.0,
     })
 
@@ -49,7 +58,8 @@ def config_to_hf(cfg: ModelConfig, architecture: str) -> dict:
 
 def rules(cfg: ModelConfig, task: str) -> list[Rule]:
     """lmforge <- HF names; the fused `c_attn` splits into q, k and v."""
-    p = PREFIX
+    head = HEADS.get(task)
+    p = head.base_prefix if head else PREFIX
     r = [Rule("body.tokens.weight", f"{p}wte.weight"), Rule("body.decoder.positions.weight", f"{p}wpe.weight")]
     for i in range(cfg.n_layers):
         ours, theirs = f"body.decoder.blocks.{i}", f"{p}h.{i}"
@@ -62,6 +72,7 @@ def rules(cfg: ModelConfig, task: str) -> list[Rule]:
         r += linear(f"{ours}.ffn.down_proj", f"{theirs}.mlp.c_proj", True, transpose=True)
     r += norm("body.decoder.final_norm", f"{p}ln_f")
     r.append(Rule("lm_head.proj.weight", "lm_head.weight"))
+    r += head_rules(head)
     return r
 
 

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, llama, bart)
 HEAD_PREFIXES = ("lm_head.", "mlm_head.", "nsp_head.", "pooler.", "head.")
+BARE_HEAD_PREFIXES = ("lm_head.", "cls.")  # HF heads that keep their names next to a bare body
 # Real pretrained checkpoints that ship inside registry packages (fetched by `make assets`).
 NAMED_CHECKPOINTS = {"all-minilm-l6-v2": assets.minilm_dir}
 
@@ -144,12 +145,14 @@ def load_pretrained(path: str | os.PathLike, task: str | None = None, dtype: tor
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     theirs = read_state_dict(folder)
     theirs = {fam.ALIASES.get(k, k): v for k, v in theirs.items()}
-    if not any(k.startswith(fam.PREFIX) for k in theirs):  # a bare body (BertModel, LlamaModel, ...)
-        theirs = {k if k.startswith(("lm_head.", "cls.")) else fam.PREFIX + k: v for k, v in theirs.items()}
+    rules = fam.rules(cfg, task)
+    sources = {r.theirs for r in rules}
+    body_names = [k for k in theirs if not k.startswith(BARE_HEAD_PREFIXES)]
+    if not sources.intersection(body_names):  # a bare body (BertModel, LlamaModel, ...): no base prefix
+        theirs = {k if k.startswith(BARE_HEAD_PREFIXES) else fam.PREFIX + k: v for k, v in theirs.items()}
     if task == "masked-lm" and "cls.seq_relationship.weight" in theirs:
         model_kwargs.setdefault("nsp", True)
     model = TASKS[task](cfg, **model_kwargs)
-    rules = fam.rules(cfg, task)
     ours = to_ours(rules, theirs)
     expected = model.state_dict()
     problems, fresh = [], []
@@ -199,8 +202,11 @@ def hf_architecture(model: Model) -> str:
         bert: {"encoder": "BertModel", "masked-lm": "BertForMaskedLM",
                "sequence-classification": "BertForSequenceClassification",
                "token-classification": "BertForTokenClassification", "question-answering": "BertForQuestionAnswering"},
-        gpt2: {"causal-lm": "GPT2LMHeadModel"},
-        llama: {"causal-lm": "LlamaForCausalLM", "sequence-classification": "LlamaForSequenceClassification"},
+        gpt2: {"causal-lm": "GPT2LMHeadModel", "sequence-classification": "GPT2ForSequenceClassification",
+               "token-classification": "GPT2ForTokenClassification", "question-answering": "GPT2ForQuestionAnswering"},
+        llama: {"causal-lm": "LlamaForCausalLM", "sequence-classification": "LlamaForSequenceClassification",
+                "token-classification": "LlamaForTokenClassification",
+                "question-answering": "LlamaForQuestionAnswering"},
         bart: {"seq2seq-lm": "BartForConditionalGeneration"},
     }[family]
     if isinstance(model, MaskedLM) and model.nsp_head is not None:
@@ -219,11 +225,17 @@ def save_pretrained(model: Model, path: str | os.PathLike) -> Path:
     hf_config = fam.config_to_hf(cfg, arch)
     hf_config["dtype"] = str(model.dtype).removeprefix("torch.")
     if task in ("sequence-classification", "token-classification"):
-        n = model.head.proj.out_features
+        n = cfg.num_labels
         hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
         hf_config["label2id"] = {f"LABEL_{i}": i for i in range(n)}
     state = {k: v for k, v in model.state_dict().items() if not model.is_tied(k)}
-    theirs = to_theirs(fam.rules(cfg, task), state)
+    rules = fam.rules(cfg, task)
+    unmapped = sorted(set(state) - {r.ours for r in rules})
+    if unmapped:  # never drop a tensor silently (a wrapper, a head bias transformers does not have)
+        raise ConfigError(f"{arch} has no place for {', '.join(unmapped[:8])}"
+                          + (f" (and {len(unmapped) - 8} more)" if len(unmapped) > 8 else "")
+                          + "; this model cannot be saved in the Hugging Face format")
+    theirs = to_theirs(rules, state)
     if arch in ("BertModel",):  # bare bodies carry no base prefix
         theirs = {k.removeprefix(fam.PREFIX): v for k, v in theirs.items()}
     folder = Path(path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.interop.mapping import Rule, linear, norm
+from lmforge.interop.mapping import Head, Rule, head_rules, linear, norm, num_labels_of
 from lmforge.models.config import ConfigError, ModelConfig
 from lmforge.models.presets import LLAMA
 
@@ -11,6 +11,12 @@ PREFIX = "model."
 TASK_OF_ARCH = {
     "LlamaModel": "causal-lm", "LlamaForCausalLM": "causal-lm", "MistralForCausalLM": "causal-lm",
     "Qwen2ForCausalLM": "causal-lm", "LlamaForSequenceClassification": "sequence-classification",
+    "LlamaForTokenClassification": "token-classification", "LlamaForQuestionAnswering": "question-answering",
+}
+HEADS = {
+    "sequence-classification": Head("score", False, PREFIX),
+    "token-classification": Head("score", True, PREFIX),
+    "question-answering": Head("qa_outputs", True, "transformer."),  # an old base-model name, kept by transformers
 }
 ROPE_TYPES = {"default": None, "linear": "linear", "dynamic": "dynamic"}
 
@@ -53,6 +59,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         "ffn_bias": bool(hf.get("mlp_bias", False)), "tie_embeddings": hf.get("tie_word_embeddings", False),
         "bos_token_id": hf.get("bos_token_id"), "eos_token_id": eos[0] if isinstance(eos, list) else eos,
         "pad_token_id": hf.get("pad_token_id"), "attn_dropout": hf.get("attention_dropout", 0.0),
+        "num_labels": num_labels_of(hf), "sequence_classifier_bias": HEADS["sequence-classification"].bias,
         "extra": {"model_type": model_type},
     })
 
@@ -87,7 +94,8 @@ def config_to_hf(cfg: ModelConfig, architecture: str) -> dict:
 
 def rules(cfg: ModelConfig, task: str) -> list[Rule]:
     """lmforge <- HF names."""
-    p = PREFIX
+    head = HEADS.get(task)
+    p = head.base_prefix if head else PREFIX
     r = [Rule("body.tokens.weight", f"{p}embed_tokens.weight")]
     for i in range(cfg.n_layers):
         ours, theirs = f"body.decoder.blocks.{i}", f"{p}layers.{i}"
@@ -100,7 +108,7 @@ def rules(cfg: ModelConfig, task: str) -> list[Rule]:
         r += norm(f"{ours}.ffn_norm", f"{theirs}.post_attention_layernorm", bias=False)
     r += norm("body.decoder.final_norm", f"{p}norm", bias=False)
     r.append(Rule("lm_head.proj.weight", "lm_head.weight"))
-    r += linear("head.proj", "score", False)
+    r += head_rules(head)
     return r
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -34,6 +35,27 @@ def linear(ours: str, theirs: str, bias: bool, transpose: bool = False,
 def norm(ours: str, theirs: str, bias: bool = True) -> list[Rule]:
     """Rules for a LayerNorm (weight and bias) or RMSNorm (weight only)."""
     return linear(ours, theirs, bias)
+
+
+class Head(NamedTuple):
+    """Where a task head sits in a transformers checkpoint: lmforge's `head.proj` <- the Linear `name`."""
+
+    name: str
+    """The HF name of the head's Linear (`classifier`, `score`, `qa_outputs`)."""
+    bias: bool
+    """Whether that Linear has a bias."""
+    base_prefix: str
+    """The base model's name in this architecture (`bert.`, `model.`, `transformer.`)."""
+
+
+def head_rules(head: Head | None) -> list[Rule]:
+    """Rules for a task head's Linear (none for tasks without one)."""
+    return linear("head.proj", head.name, head.bias) if head else []
+
+
+def num_labels_of(hf: dict) -> int:
+    """The label count of an HF config: its `id2label` entries, else `num_labels`, else 2 (transformers' default)."""
+    return len(hf.get("id2label") or {}) or hf.get("num_labels") or 2
 
 
 def to_ours(rules: list[Rule], theirs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -92,6 +92,8 @@ class ModelConfig:
     """MLM head = dense + act + norm before the (tied) decoder, as in BERT."""
     num_labels: int = 2
     """Outputs of classification heads."""
+    sequence_classifier_bias: bool = True
+    """A bias on the sequence-classification head (BERT's `classifier`); GPT-2's and LLaMA's `score` has none."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form metadata kept with the config (e.g. the source checkpoint's architecture)."""
 

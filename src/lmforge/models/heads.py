@@ -62,10 +62,10 @@ class NSPHead(nn.Module):
 class ClassificationHead(nn.Module):
     """Sequence classification / regression from one pooled vector per sequence."""
 
-    def __init__(self, cfg: ModelConfig, num_labels: int | None = None, dropout: float = 0.1) -> None:
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.1) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.proj = nn.Linear(cfg.d_model, num_labels or cfg.num_labels)
+        self.proj = nn.Linear(cfg.d_model, cfg.num_labels, bias=cfg.sequence_classifier_bias)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.proj(self.dropout(pooled))  # (B, num_labels)
@@ -74,10 +74,10 @@ class ClassificationHead(nn.Module):
 class TokenClassificationHead(nn.Module):
     """A label per token (NER, tagging)."""
 
-    def __init__(self, cfg: ModelConfig, num_labels: int | None = None, dropout: float = 0.1) -> None:
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.1) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.proj = nn.Linear(cfg.d_model, num_labels or cfg.num_labels)
+        self.proj = nn.Linear(cfg.d_model, cfg.num_labels)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.proj(self.dropout(hidden))  # (B, T, num_labels)

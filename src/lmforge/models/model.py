@@ -204,15 +204,20 @@ class MaskedLM(Model):
 
 
 class SequenceClassifier(Model):
-    """Any body + a classification head over one pooled vector (first token for encoders, last for decoders)."""
+    """Any body + a classification head over one pooled vector (first token for encoders, last for decoders).
+
+    Decoders pool the last real token, found from `attention_mask` (left or right padding alike);
+    transformers finds it as the last id that is not `pad_token_id`, which agrees whenever padding
+    uses the pad id and no real token is one.
+    """
 
     def __init__(self, cfg: ModelConfig, num_labels: int | None = None, pooling: str | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = _with_labels(cfg, num_labels)
         self.body = Transformer(cfg)
         self.pooling = pooling or ("last" if cfg.family == "decoder" else "first")
         self.pooler = Pooler(cfg) if cfg.pooler and cfg.family == "encoder" else None
-        self.head = ClassificationHead(cfg, num_labels)
+        self.head = ClassificationHead(cfg)
         self.init_weights()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -227,9 +232,9 @@ class TokenClassifier(Model):
 
     def __init__(self, cfg: ModelConfig, num_labels: int | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = _with_labels(cfg, num_labels)
         self.body = Transformer(cfg)
-        self.head = TokenClassificationHead(cfg, num_labels)
+        self.head = TokenClassificationHead(cfg)
         self.init_weights()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -258,6 +263,11 @@ def _hidden(body: Transformer, input_ids, attention_mask, token_type_ids) -> tor
     if body.cfg.family == "encoder":
         return body.encode(input_ids, attention_mask, token_type_ids)
     raise ConfigError("classification heads on encoder-decoders are not supported yet: use the encoder")
+
+
+def _with_labels(cfg: ModelConfig, num_labels: int | None) -> ModelConfig:
+    """The config with `num_labels` set, so the label count is saved with the model."""
+    return cfg if num_labels is None or num_labels == cfg.num_labels else cfg.replace(num_labels=num_labels)
 
 
 def _require(cfg: ModelConfig, family: str, cls: str) -> None:

@@ -12,11 +12,12 @@ BERT = dict(
 GPT2 = dict(
     family="decoder", position="learned", activation="gelu_tanh", gated_ffn=False, norm="layernorm",
     norm_eps=1e-5, norm_position="pre", final_norm=True, qkv_bias=True, out_bias=True, ffn_bias=True,
-    tie_embeddings=True, bos_token_id=50256, eos_token_id=50256,
+    tie_embeddings=True, bos_token_id=50256, eos_token_id=50256, sequence_classifier_bias=False,
 )
 LLAMA = dict(
     family="decoder", position="rope", activation="silu", gated_ffn=True, norm="rmsnorm",
     norm_position="pre", final_norm=True, tie_embeddings=False, bos_token_id=1, eos_token_id=2,
+    sequence_classifier_bias=False,
 )
 BART = dict(
     family="encoder-decoder", position="learned", position_offset=2, activation="gelu", gated_ffn=False,
