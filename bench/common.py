@@ -28,6 +28,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch  # noqa: E402  (after the thread variables)
+import torch.nn.functional as F  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -108,7 +109,47 @@ def header_lines(info: dict, title: str) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------------------------- models
+
+
+@dataclass
+class Row:
+    """A benchmarked model: a preset with overrides, and the batch it trains on."""
+
+    name: str
+    preset: str
+    overrides: dict
+    batch: int
+    seq: int
+
+
+# The training benchmarks' models (bench/train.py, bench/precision.py): the same shapes in every table.
+TRAIN_ROWS = {
+    "llama-7m": Row("llama-7m", "llama-tiny", dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, n_kv_heads=4,
+                                                   d_ff=688, max_seq_len=512, tie_embeddings=False), 8, 256),
+    "llama-50m": Row("llama-50m", "llama-tiny", dict(vocab_size=32000, d_model=512, n_layers=8, n_heads=8,
+                                                     n_kv_heads=8, d_ff=1376, max_seq_len=512, tie_embeddings=False),
+                     4, 512),
+    "bert-tiny": Row("bert-tiny", "bert-tiny", dict(pooler=False), 8, 256),
+}
+
+
 # --------------------------------------------------------------------------------------------- timing
+
+
+def gemm_peak(dtype: torch.dtype = torch.float32) -> float:
+    """GEMM FLOP/s in `dtype`: best of torch.mm and F.linear at 2048², median of 5 each."""
+    a, b = torch.randn(2048, 2048).to(dtype), torch.randn(2048, 2048).to(dtype)
+    best = 0.0
+    for fn in (lambda: torch.mm(a, b), lambda: F.linear(a, b)):
+        fn()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        best = max(best, 2 * 2048**3 / sorted(times)[2])
+    return best
 
 
 @dataclass

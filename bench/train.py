@@ -11,8 +11,8 @@ Hugging Face export of the same model, stepping `torch.optim.AdamW(foreach=True)
 labels=...).loss`. Rows are interleaved A B A B in this process (shared/BENCHMARKING.md); the ratio is
 the median of per-pair ratios. `lmforge+compile` is the same step with `torch.compile` on the model
 (the trainer's `--train.compile true`). MFU = model FLOPs (6N + 12·L·d·T per token, N = every Linear
-weight incl. the LM head) × tokens/s ÷ the fp32 GEMM peak measured here (best of torch.mm and
-F.linear at 2048², median of 5).
+weight incl. the LM head) × tokens/s ÷ the GEMM peak of the row's dtype measured here (best of
+torch.mm and F.linear at 2048², median of 5).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import copy
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 
 import common
 import torch
@@ -30,41 +28,7 @@ import torch.nn.functional as F
 TARGETS = {"llama-50m": 1.25, "llama-7m": 1.10, "bert-tiny": 1.10}
 
 
-@dataclass
-class Row:
-    name: str
-    preset: str
-    overrides: dict
-    batch: int
-    seq: int
-
-
-ROWS = {
-    "llama-7m": Row("llama-7m", "llama-tiny", dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, n_kv_heads=4,
-                                                   d_ff=688, max_seq_len=512, tie_embeddings=False), 8, 256),
-    "llama-50m": Row("llama-50m", "llama-tiny", dict(vocab_size=32000, d_model=512, n_layers=8, n_heads=8,
-                                                     n_kv_heads=8, d_ff=1376, max_seq_len=512, tie_embeddings=False),
-                     4, 512),
-    "bert-tiny": Row("bert-tiny", "bert-tiny", dict(pooler=False), 8, 256),
-}
-
-
-def gemm_peak() -> float:
-    """fp32 GEMM FLOP/s: best of torch.mm and F.linear at 2048², median of 5 each."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    best = 0.0
-    for fn in (lambda: torch.mm(a, b), lambda: F.linear(a, b)):
-        fn()
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        best = max(best, 2 * 2048**3 / sorted(times)[2])
-    return best
-
-
-def build(row: Row, folder: str, dtype: torch.dtype):
+def build(row: common.Row, folder: str, dtype: torch.dtype):
     """lmforge model, its training-step closure pieces, and the transformers twin from its HF export."""
     import transformers
 
@@ -82,7 +46,7 @@ def build(row: Row, folder: str, dtype: torch.dtype):
     return ours.to(dtype).train(), theirs.to(dtype).train(), cfg
 
 
-def make_steps(row: Row, ours, theirs, cfg, compile_ours: bool):
+def make_steps(row: common.Row, ours, theirs, cfg, compile_ours: bool):
     from lmforge.train.optim import build_optimizer
     from lmforge.train.tasks import shifted_cross_entropy
 
@@ -124,28 +88,30 @@ def make_steps(row: Row, ours, theirs, cfg, compile_ours: bool):
 
 def main(argv=None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0], common.Path("bench/results/train.jsonl"))
-    parser.add_argument("--models", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--models", nargs="+", default=list(common.TRAIN_ROWS), choices=list(common.TRAIN_ROWS))
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--profile", action="store_true", help="print op tables of both sides")
     args = parser.parse_args(argv)
     common.pin_threads(args.threads)
     info = common.machine_info()
-    peak = gemm_peak()
     dtypes = ["fp32"] + (["bf16"] if info["native_bf16"] else [])
+    peaks = {name: common.gemm_peak(torch.float32 if name == "fp32" else torch.bfloat16) for name in dtypes}
     repeats = args.repeats or (3 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     print("\n".join(common.header_lines(info, "Training step: lmforge vs transformers")))
-    print(f"- fp32 GEMM peak measured here: {peak / 1e9:.0f} GFLOP/s; "
+    print("- GEMM peak measured here: " + ", ".join(f"{n} {p / 1e9:.0f} GFLOP/s" for n, p in peaks.items())
+          + " (each row's MFU is against the peak of its own dtype); "
           + ("bf16 rows run too" if len(dtypes) > 1 else "no bf16 rows: this CPU has no native bf16 "
              "(bf16 training is 25-35x slower than fp32 there)"))
     print()
     table, records, rid = [], [], common.run_id()
     for name in args.models:
-        row = ROWS[name]
+        row = common.TRAIN_ROWS[name]
         if args.quick:
-            row = Row(row.name, row.preset, row.overrides, 2, min(row.seq, 128))
+            row = common.Row(row.name, row.preset, row.overrides, 2, min(row.seq, 128))
         for dtype_name in dtypes:
             dtype = torch.float32 if dtype_name == "fp32" else torch.bfloat16
+            peak = peaks[dtype_name]
             with tempfile.TemporaryDirectory() as folder:
                 ours, theirs, cfg = build(row, folder, dtype)
             variants = [("lmforge", False)] + ([] if args.no_compile else [("lmforge+compile", True)])

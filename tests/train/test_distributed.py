@@ -25,7 +25,8 @@ def _config(tiny_data, run: Path, micro: int | None, steps: int = STEPS, strateg
         "model": {"preset": "llama-tiny", "overrides": TINY_MODEL},
         "train": {"steps": steps, "batch_size": 8, "micro_batch_size": micro, "seq_len": 32, "lr": 3e-3,
                   "warmup_steps": 2, "eval_every": 3, "eval_batches": 4, "checkpoint_every": 3, "log_every": 1,
-                  "progress": False, "sample_prompts": [], "distributed": strategy},
+                  "progress": False, "sample_prompts": [], "distributed": strategy,
+                  "precision": "fp32"},  # pinned: the 1e-5 equality below assumes fp32 on every CPU
         "out_dir": str(run),
     }
     path = run.parent / f"{run.name}-{steps}.yaml"

@@ -23,7 +23,7 @@ def _config(data: Path, tok: Path, run: Path, steps: int) -> Path:
         "model": {"preset": "llama-tiny", "overrides": {**TINY_MODEL, "dropout": 0.1}},  # dropout: RNG matters
         "train": {"steps": steps, "batch_size": 8, "seq_len": 32, "lr": 3e-3, "warmup_steps": 5,
                   "eval_every": 1000, "checkpoint_every": 10, "keep_last": 2, "log_every": 1,
-                  "progress": False, "sample_prompts": []},
+                  "progress": False, "sample_prompts": [], "precision": "fp32"},
         "out_dir": str(run),
     }
     path = run.parent / f"{run.name}.yaml"

@@ -47,8 +47,10 @@ def setup_task(tiny_data, objective: str, preset: str | None = None, **overrides
 
 
 def train_cfg(**kw) -> TrainConfig:
+    # fp32 pinned: the exactness tests (resume) must not depend on whether the CPU picks bf16.
     base = dict(steps=6, batch_size=8, micro_batch_size=4, seq_len=SEQ_LEN, lr=3e-3, warmup_steps=0,
-                schedule="constant", eval_every=100, checkpoint_every=100, log_every=1, progress=False)
+                schedule="constant", eval_every=100, checkpoint_every=100, log_every=1, progress=False,
+                precision="fp32")
     return TrainConfig(**{**base, **kw})
 
 

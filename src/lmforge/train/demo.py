@@ -33,6 +33,8 @@ class DemoConfig:
     seq_len: int = 128
     batch_size: int = 16
     lr: float = 3e-3
+    precision: str = "auto"
+    """Training precision; the step budget is calibrated in the same one."""
     model: dict = field(default_factory=lambda: dict(DEMO_MODEL))
     kn_orders: tuple[int, ...] = (2, 3, 4, 5)
     prompts: tuple[str, ...] = ("The Lord said", "今天")
@@ -54,20 +56,33 @@ def kneser_ney_perplexities(train_stream: np.ndarray, val_stream: np.ndarray, vo
     return result
 
 
-def calibrate_steps(model, batch_size: int, seq_len: int, minutes: float) -> int:
-    """How many optimizer steps fit in `minutes`, from three timed steps on a copy of the model."""
+def calibrate_steps(model, batch_size: int, seq_len: int, minutes: float, precision: str = "auto") -> int:
+    """How many optimizer steps fit in `minutes`, from three timed steps on a copy of the model.
+
+    The steps run in the precision training will use (`auto` resolved as the trainer resolves it), with
+    the trainer's optimizer, so a bf16 run is not budgeted from fp32 timings.
+    """
     import copy
 
+    from lmforge.train.optim import build_optimizer
+    from lmforge.train.precision import autocast, resolve_precision
+    from lmforge.train.tasks import shifted_cross_entropy
+
+    device = torch.device("cpu")
+    resolved = resolve_precision(precision, device)
     probe = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(probe.parameters(), lr=1e-4)
-    ids = torch.randint(0, probe.cfg.vocab_size, (batch_size, seq_len))
+    opt = build_optimizer(probe, 1e-4)
+    gen = torch.Generator().manual_seed(0)  # the global RNG stays untouched
+    ids = torch.randint(0, probe.cfg.vocab_size, (batch_size, seq_len + 1), generator=gen)
     times = []
     for _ in range(4):
         t = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(probe(ids).flatten(0, 1), ids.flatten())
+        with autocast(resolved, device):
+            loss = shifted_cross_entropy(probe(ids[:, :-1]), ids[:, 1:])
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(probe.parameters(), 1.0)
         opt.step()
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
     per_step = sorted(times[1:])[1]  # median of 3; the run's time limit guards against a slower machine
     return max(20, int(minutes * 60 / per_step))
@@ -106,18 +121,18 @@ def run_demo(cfg: DemoConfig) -> dict:
            + ", ".join(f"{o}-gram {p:.1f}" for o, p in kn.items()), start)
 
     model_cfg = get_preset("llama-tiny", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, **cfg.model)
-    steps = calibrate_steps(CausalLM(model_cfg), cfg.batch_size, cfg.seq_len, cfg.minutes)
+    steps = calibrate_steps(CausalLM(model_cfg), cfg.batch_size, cfg.seq_len, cfg.minutes, cfg.precision)
     evals = 6
     train_cfg = TrainConfig(
         steps=steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr, warmup_steps=max(10, steps // 50),
         eval_every=max(1, steps // evals), eval_batches=8, checkpoint_every=steps, log_every=max(1, steps // 50),
-        time_limit=cfg.minutes * 1.1, sample_prompts=list(cfg.prompts), weight_decay=0.1, precision="auto",
+        time_limit=cfg.minutes * 1.1, sample_prompts=list(cfg.prompts), weight_decay=0.1, precision=cfg.precision,
     )
     _stage(f"pretraining a {model_cfg.n_layers}-layer LLaMA ({CausalLM(model_cfg).num_parameters():,} "
            f"parameters) for {steps} steps (~{cfg.minutes} min)", start)
     result = run_pretraining(DataSpec(str(out / "data"), str(out / "tokenizer")),
                              ModelSpec("llama-tiny", {**cfg.model, "vocab_size": tok.vocab_size}), "clm",
-                             train_cfg, str(out / "run"))
+                             train_cfg, str(out / "run"), overwrite=True)
     from lmforge.train.metrics import read_metrics
 
     records = [r for r in read_metrics(out / "run" / "metrics.jsonl") if "val_ppl" in r]

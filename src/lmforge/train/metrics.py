@@ -49,14 +49,19 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 @functools.cache
-def matmul_peak_flops(device: str = "cpu", size: int = 1024, repeats: int = 8) -> float:
-    """Best FLOP/s of a square fp32 matmul on this device, measured once per process (for MFU)."""
+def matmul_peak_flops(device: str = "cpu", precision: str = "fp32", size: int = 1024, repeats: int = 8) -> float:
+    """Best FLOP/s of a square matmul in `precision` (fp32, bf16, fp16) on this device, measured once per process.
+
+    MFU is reported against the peak of the dtype that runs: a bf16 run divided by the fp32 peak
+    would read 2-3x too high on CPUs with native bf16.
+    """
     dev = torch.device(device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     gen = torch.Generator(device=dev).manual_seed(0)  # never touch the global RNG (exact resume)
-    a = torch.randn(size, size, device=dev, generator=gen)
-    b = torch.randn(size, size, device=dev, generator=gen)
+    a = torch.randn(size, size, device=dev, generator=gen).to(dtype)
+    b = torch.randn(size, size, device=dev, generator=gen).to(dtype)
     best = float("inf")
-    for _ in range(repeats):
+    for _ in range(repeats + 1):  # the first call warms up (oneDNN builds its kernels then)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
