@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,8 @@ def test_overrides_win_and_resolved_config_is_saved(tmp_path, tiny_data):
           "--model.overrides", "{n_layers: 1, d_model: 32, n_heads: 2, n_kv_heads: 1, d_ff: 64}"])
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["steps"] == 3 and saved["train"]["lr"] == 0.002
-    assert saved["model_config"]["n_layers"] == 1 and saved["model_config"]["d_model"] == 32
+    facts = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert facts["model_config"]["n_layers"] == 1 and facts["model_config"]["d_model"] == 32
     assert saved["train"]["batch_size"] == 4  # from the file
 
 
@@ -79,3 +81,20 @@ def test_shipped_configs_parse(name):
     parser.add_argument("--config", action="config")
     cfg = parser.parse_args(["--config", str(ROOT / "configs" / "pretrain" / name)])
     assert cfg.data.path and cfg.objective
+
+
+def test_a_mapping_for_a_dict_option_merges_with_the_yaml(tmp_path, capsys):
+    """`--model.overrides '{...}'` changes the keys it names and keeps the YAML's others, with their types."""
+    cfg = yaml.safe_load((ROOT / "configs" / "pretrain" / "llama-tiny.yaml").read_text())
+    cfg["model"]["overrides"]["rope_scaling"] = {"type": "linear", "factor": 2.0}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--config", str(path), "--model.overrides",
+              "{n_layers: 2, rope_scaling: {type: dynamic, factor: 4.0}, norm_eps: 1e-5}", "--print_config"])
+    overrides = yaml.safe_load(capsys.readouterr().out)["model"]["overrides"]
+    assert exit_.value.code == 0
+    assert overrides == {**cfg["model"]["overrides"], "n_layers": 2, "norm_eps": 1e-5,
+                         "rope_scaling": {"type": "dynamic", "factor": 4.0}}
+    assert type(overrides["n_layers"]) is int and type(overrides["norm_eps"]) is float
+    assert overrides["tie_embeddings"] is True

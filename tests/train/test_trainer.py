@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -109,7 +110,8 @@ def test_run_writes_resolved_config_metrics_and_hf_export(tiny_data, tmp_path):
                              str(tmp_path))
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["train"]["steps"] == 6 and saved["model"]["overrides"]["n_layers"] == 2
-    assert saved["model_config"]["vocab_size"] == TokenDataset(data, "train").vocab_size
+    facts = json.loads((tmp_path / "run.json").read_text())
+    assert facts["model_config"]["vocab_size"] == TokenDataset(data, "train").vocab_size
     from lmforge.train.metrics import read_metrics
 
     records = read_metrics(tmp_path / "metrics.jsonl")
@@ -133,7 +135,7 @@ def test_activation_checkpointing_gives_the_same_losses(tiny_data, tmp_path):
         torch.manual_seed(0)
         model = build_model(get_preset("llama-tiny", vocab_size=ds.vocab_size, **TINY_MODEL))
         cfg = TrainConfig(steps=3, batch_size=4, seq_len=16, progress=False, eval_every=100, checkpoint_every=100,
-                          log_every=1, activation_checkpointing=on)
+                          log_every=1, activation_checkpointing=on, precision="fp32")
         train(model, CausalLMTask(), ds, val, cfg, tmp_path / str(i), DistEnv())
         losses.append([r["loss"] for r in read_metrics(tmp_path / str(i) / "metrics.jsonl") if "loss" in r])
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
+
+Task = Literal["encoder", "causal-lm", "seq2seq-lm", "masked-lm", "sequence-classification",
+               "token-classification", "question-answering"]
 
 
 def convert(source: str, destination: str, to: Literal["auto", "hf", "lmforge"] = "auto",
-            task: str | None = None) -> None:
-    """Convert a checkpoint folder.
+            task: Task | None = None, overwrite: bool = False) -> None:
+    """Convert a checkpoint folder; the tokenizer files beside the weights come along.
 
     Args:
         source: a Hugging Face folder (config.json), an lmforge folder (lmforge.json), or a named
             offline checkpoint such as all-minilm-l6-v2.
-        destination: the folder to write.
+        destination: the folder to write; it must be new or empty.
         to: output format; `auto` writes the other format than the source's.
         task: for Hugging Face sources, the head to load (e.g. masked-lm); default from the checkpoint.
+        overwrite: replace the checkpoint (and tokenizer) files a non-empty destination holds.
     """
-    from lmforge.interop import load_model, load_pretrained, save_model, save_pretrained
-    from lmforge.interop.native import CONFIG_NAME
+    from lmforge.interop.convert import convert_checkpoint
 
-    native = (Path(source) / CONFIG_NAME).is_file()
-    model = load_model(source) if native else load_pretrained(source, task=task)
-    if to == "auto":
-        to = "hf" if native else "lmforge"
-    out = save_pretrained(model, destination) if to == "hf" else save_model(model, destination)
-    print(f"{source} -> {out} ({to} format, {model.num_parameters():,} parameters)")
+    out, fmt, model, tokenizer_files = convert_checkpoint(source, destination, to, task, overwrite)
+    print(f"{source} -> {out} ({fmt} format, {model.num_parameters():,} parameters)")
+    print(f"tokenizer: {', '.join(tokenizer_files)}" if tokenizer_files
+          else "tokenizer: none in the source folder, so none written")

@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from lmforge.fileio import atomic_write
 from lmforge.interop.native import load_model, save_model
 
 PREFIX = "step-"
@@ -74,8 +75,9 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, da
     trainer = {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_state()}
     if scaler is not None:
         trainer["scaler"] = scaler.state_dict()
-    torch.save(trainer, tmp / "trainer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "data": data_state, **(extra or {})}, indent=1))
+    atomic_write(tmp / "trainer.pt", lambda path: torch.save(trainer, path))
+    state = json.dumps({"step": step, "data": data_state, **(extra or {})}, indent=1)
+    atomic_write(tmp / "state.json", lambda path: Path(path).write_text(state))
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)  # atomic on POSIX: the folder appears complete or not at all
@@ -108,19 +110,83 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler=None) -> dict:
-    """Restore model weights, optimizer, scheduler and RNG; return `state.json` (step, data position)."""
+class CorruptCheckpoint(Exception):
+    """A checkpoint folder that cannot be read back (a file missing, truncated or not what it should be)."""
+
+
+def read_checkpoint(path: Path, dtype: torch.dtype = torch.float32) -> dict:
+    """Everything in a checkpoint folder, read and checked before anything is restored.
+
+    Raises `CorruptCheckpoint` naming the file when a part is missing or unreadable.
+    """
     from lmforge.interop.hf import CheckpointError
 
-    saved = load_model(path / "model", dtype=next(model.parameters()).dtype)
+    try:
+        saved = load_model(path / "model", dtype=dtype)
+    except (CheckpointError, OSError) as err:
+        raise CorruptCheckpoint(str(err)) from None
+    trainer_path = path / "trainer.pt"
+    try:
+        trainer = torch.load(trainer_path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{trainer_path}: missing") from None
+    except Exception as err:  # truncated or foreign files fail in many ways inside the unpickler
+        raise CorruptCheckpoint(f"{trainer_path}: unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(trainer, dict) or not {"optimizer", "scheduler", "rng"} <= set(trainer):
+        raise CorruptCheckpoint(f"{trainer_path}: not a trainer state (optimizer, scheduler, rng)")
+    state_path = path / "state.json"
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CorruptCheckpoint(f"{state_path}: unreadable ({err})") from None
+    if not isinstance(state, dict) or "step" not in state or "data" not in state:
+        raise CorruptCheckpoint(f"{state_path}: no step / data position")
+    return {"model": saved, "trainer": trainer, "state": state}
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler=None) -> dict:
+    """Restore model weights, optimizer, scheduler and RNG; return `state.json` (step, data position).
+
+    Raises `CorruptCheckpoint` (nothing restored) when the folder cannot be read, `CheckpointError` when
+    it is from a model of another shape.
+    """
+    from lmforge.interop.hf import CheckpointError
+
+    parts = read_checkpoint(path, dtype=next(model.parameters()).dtype)
+    saved, trainer = parts["model"], parts["trainer"]
     if saved.cfg.to_dict() != model.cfg.to_dict():
         diff = [k for k, v in saved.cfg.to_dict().items() if model.cfg.to_dict().get(k) != v]
         raise CheckpointError(f"{path}: checkpoint is from another model shape (differs in: {', '.join(diff)})")
     set_model_state_dict(model, saved.state_dict(), options=StateDictOptions(full_state_dict=True))
-    trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
     set_optimizer_state_dict(model, optimizer, trainer["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])
     if scaler is not None and "scaler" in trainer:
         scaler.load_state_dict(trainer["scaler"])
-    return json.loads((path / "state.json").read_text())
+    return parts["state"]
+
+
+def resume_latest(run_dir: Path, log=print, **objects) -> tuple[Path | None, dict | None]:
+    """Restore the newest checkpoint of `run_dir` that reads back whole; (its path, its state) or (None, None).
+
+    A newer checkpoint that is corrupt (a file deleted or truncated) is skipped with a message naming
+    it and the reason, and the one before it is used; nothing of the corrupt one is restored.
+    """
+    from lmforge.interop.hf import CheckpointError
+
+    ckpts = list_checkpoints(run_dir)
+    skipped = []
+    for path in reversed(ckpts):
+        try:
+            state = load_checkpoint(path, **objects)
+        except CorruptCheckpoint as err:
+            skipped.append(path.name)
+            log(f"checkpoint {path} is unreadable, skipping it: {err}")
+            continue
+        if skipped:
+            log(f"resuming from {path.name}, the newest intact checkpoint ({', '.join(skipped)} unreadable)")
+        return path, state
+    if ckpts:
+        raise CheckpointError(f"{run_dir}: none of its {len(ckpts)} checkpoints can be read back "
+                              f"({', '.join(skipped)}); start again with --overwrite true")
+    return None, None

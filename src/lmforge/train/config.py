@@ -31,39 +31,109 @@ class TrainConfig:
     """How to train."""
 
     steps: int = 1000
-    """Optimizer steps."""
+    """Optimizer steps to train for (the run ends there, or earlier at `time_limit`)."""
     batch_size: int = 16
     """Global batch in sequences per optimizer step, over all processes."""
     micro_batch_size: int | None = None
-    """Sequences per forward pass and process; gradient accumulation makes up the rest."""
+    """Sequences per forward pass and process; gradient accumulation makes up the rest (None: no accumulation)."""
     seq_len: int = 256
+    """Tokens per training sequence (at most the model's max_seq_len)."""
     lr: float = 1e-3
+    """Peak learning rate, reached after the warmup."""
     min_lr_ratio: float = 0.1
+    """The schedule decays to lr x min_lr_ratio at the last step (cosine and linear schedules)."""
     warmup_steps: int = 100
+    """Steps of linear warmup from lr / warmup_steps to lr."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after the warmup."""
     weight_decay: float = 0.1
+    """AdamW's decoupled weight decay, on matrices only (not on norms, biases or embeddings)."""
     betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's (beta1, beta2)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """auto: bf16 where the hardware has it natively (GPU, AVX-512-BF16/AMX CPUs), else fp32."""
+    """auto: bf16 autocast where the hardware has it natively (GPUs; CPUs with AVX-512-BF16 or AMX, measured
+    1.5-3.5x faster there, see bench/README.md), else fp32. fp16 (with loss scaling) needs a GPU."""
     compile: bool = False
     """torch.compile the model."""
     activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: less memory, about a third more compute."""
     seed: int = 0
+    """Seeds the model's initialisation, the data order, masking and dropout."""
     eval_every: int = 200
+    """Evaluate on the validation split every this many steps (and at the end)."""
     eval_batches: int | None = None
     """Validation batches per periodic evaluation; None: the whole split. The final one is always whole."""
     checkpoint_every: int = 200
+    """Write a checkpoint every this many steps (and at the end, and at the time limit)."""
     keep_last: int = 2
-    """Checkpoints kept (plus the best by validation loss)."""
+    """Checkpoints kept (plus the best by validation loss); 0 keeps all."""
     log_every: int = 10
+    """Log loss, learning rate, gradient norm, tokens/s and MFU every this many steps."""
     max_bad_steps: int = 5
     """Stop with an error after this many NaN/Inf steps in a row (each is skipped)."""
     distributed: Literal["auto", "ddp", "fsdp", "none"] = "auto"
+    """Strategy under torchrun with several processes: auto (= ddp), ddp, fsdp; none trains each process alone."""
     time_limit: float | None = None
-    """Stop (with a checkpoint) after this many minutes."""
+    """Stop (with a checkpoint and a final evaluation) after this many minutes; None: no limit."""
     sample_every: int = 0
     """Print sample generations every N steps (decoders; 0: only at the end)."""
     sample_prompts: list[str] = field(default_factory=lambda: ["The ", "今天"])
+    """Prompts of the sample generations."""
     progress: bool = True
+    """Show a progress bar (validation results and the end-of-run summary are printed either way)."""
+
+    def validate(self, world_size: int = 1, model: Any = None) -> None:
+        """Check every field at once (against the model's `ModelConfig` too, when given); raise one
+        `ConfigError` listing all problems, each named as its command-line flag (`train.*`).
+
+        (This module imports nothing heavy: the command line reads its dataclasses before anything runs.)
+        """
+        from lmforge.models.config import ConfigError
+
+        problems = []
+        positive = ("steps", "batch_size", "seq_len", "eval_every", "checkpoint_every", "log_every", "max_bad_steps")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                problems.append(f"train.{name}={value!r} must be a positive integer")
+        for name in ("micro_batch_size", "eval_batches"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                problems.append(f"train.{name}={value!r} must be a positive integer or null")
+        for name in ("warmup_steps", "keep_last", "sample_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"train.{name}={getattr(self, name)!r} must be >= 0")
+        if not self.lr > 0 or self.lr != self.lr:
+            problems.append(f"train.lr={self.lr!r} must be > 0 (the peak learning rate)")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"train.min_lr_ratio={self.min_lr_ratio!r} must be in [0, 1]")
+        if self.weight_decay < 0:
+            problems.append(f"train.weight_decay={self.weight_decay!r} must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"train.betas={list(self.betas)!r} must be two numbers in [0, 1)")
+        if self.grad_clip < 0:
+            problems.append(f"train.grad_clip={self.grad_clip!r} must be >= 0 (0 disables clipping)")
+        if self.time_limit is not None and not self.time_limit > 0:
+            problems.append(f"train.time_limit={self.time_limit!r} must be > 0 minutes, or null")
+        if isinstance(self.batch_size, int) and self.batch_size > 0:
+            local = self.batch_size // world_size
+            micro = self.micro_batch_size or local
+            if self.batch_size % world_size:
+                problems.append(f"train.batch_size={self.batch_size} does not split evenly over {world_size} processes")
+            elif isinstance(micro, int) and micro > 0 and local % micro:
+                per = f"{local} per process" if world_size > 1 else f"{local}"
+                problems.append(f"train.micro_batch_size={micro} does not divide the batch of {per}: use a divisor "
+                                f"of it, e.g. {max(d for d in range(1, micro + 1) if local % d == 0)}")
+        if model is not None and isinstance(self.seq_len, int) and self.seq_len > model.max_seq_len:
+            problems.append(f"train.seq_len={self.seq_len} exceeds the model's max_seq_len={model.max_seq_len}: "
+                            "lower train.seq_len or raise model.overrides.max_seq_len")
+        if problems:
+            raise ConfigError("invalid training configuration: " + "; ".join(problems))
+
+    def micro_batches(self, world_size: int = 1) -> tuple[int, int]:
+        """(micro-batch size, accumulation steps) per process and optimizer step."""
+        local = self.batch_size // world_size
+        micro = self.micro_batch_size or local
+        return micro, local // micro

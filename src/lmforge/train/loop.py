@@ -16,7 +16,7 @@ from lmforge.train.config import TrainConfig
 from lmforge.train.distributed import DistEnv, all_reduce_mean, all_true, barrier, unwrap, wrap
 from lmforge.train.metrics import MetricsLogger, matmul_peak_flops
 from lmforge.train.optim import build_optimizer, build_scheduler
-from lmforge.train.precision import autocast, resolve_precision
+from lmforge.train.precision import autocast, describe_precision, resolve_precision
 
 
 class TrainingError(RuntimeError):
@@ -38,13 +38,9 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
     weights, optimizer moments, schedule, data position and RNG states.
     """
     device = env.device
+    cfg.validate(env.world_size, model.cfg)
     precision = resolve_precision(cfg.precision, device)
-    micro = cfg.micro_batch_size or cfg.batch_size // env.world_size
-    local = cfg.batch_size // env.world_size
-    if cfg.batch_size % env.world_size or local % micro:
-        raise ValueError(f"batch_size {cfg.batch_size} must split into {env.world_size} process(es) x "
-                         f"micro-batches of {micro}")
-    accum = local // micro
+    micro, accum = cfg.micro_batches(env.world_size)
     raw = model.to(device)
     for stack in (raw.body.encoder, raw.body.decoder):
         if stack is not None:
@@ -56,22 +52,29 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
     # fp16 (GPU only) needs loss scaling; bf16 and fp32 do not.
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     loader = task.train_loader(train_data, cfg.batch_size, cfg.seq_len, cfg.seed, env.rank, env.world_size)
+    say = print if env.is_main else (lambda *a, **k: None)
     step, best = 0, math.inf
-    if resume and (last := ckpt.latest_checkpoint(run_dir)) is not None:
-        state = ckpt.load_checkpoint(last, model=raw, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-        loader.load_state_dict(state["data"])
-        step, best = state["step"], state.get("best_val_loss", math.inf)
-        if env.is_main:
-            print(f"resumed from {last} at step {step}")
+    if resume:
+        resumed_from, state = ckpt.resume_latest(run_dir, log=say, model=raw, optimizer=optimizer,
+                                                 scheduler=scheduler, scaler=scaler)
+        if state is not None:
+            loader.load_state_dict(state["data"])
+            step, best = state["step"], state.get("best_val_loss", math.inf)
+            say(f"resumed from {resumed_from} at step {step}")
     if cfg.compile:
         model = torch.compile(model)
 
     log = MetricsLogger(run_dir, enabled=env.is_main)
     flops_per_token = raw.flops_per_token(cfg.seq_len, training=True)
-    peak = matmul_peak_flops(device.type) * env.world_size
+    peak = matmul_peak_flops(device.type, precision) * env.world_size
+    say(f"training {cfg.steps - step} steps from step {step}: precision {describe_precision(cfg.precision, device)}; "
+        f"batch {cfg.batch_size} x {cfg.seq_len} tokens"
+        + (f" ({accum} micro-batches of {micro} per process)" if accum > 1 else "")
+        + (f" over {env.world_size} processes" if env.world_size > 1 else ""), flush=True)
     batches = iter(loader)
     bad_in_a_row, skipped, start, last = 0, 0, time.perf_counter(), {}
-    bar = _progress(cfg, step, env)
+    first_step, trained_tokens = step, 0
+    bar = _progress(cfg, step, env, precision)
     window_tokens, window_start = 0, time.perf_counter()
 
     while step < cfg.steps:
@@ -115,14 +118,15 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        window_tokens += task.num_tokens(batch) * env.world_size
+        tokens = task.num_tokens(batch) * env.world_size
+        window_tokens, trained_tokens = window_tokens + tokens, trained_tokens + tokens
 
         if step % cfg.log_every == 0 or step == cfg.steps:
             elapsed = time.perf_counter() - window_start
             tok_s = window_tokens / max(elapsed, 1e-9)
             last = {"loss": float(loss), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                     "tok_per_s": round(tok_s, 1), "mfu": round(tok_s * flops_per_token / peak, 4),
-                    "skipped_steps": skipped}
+                    "precision": precision, "skipped_steps": skipped}
             log.log(step, **last)
             window_tokens, window_start = 0, time.perf_counter()
             if bar is not None:
@@ -136,6 +140,9 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
             val = evaluate(model, task, val_data, cfg, env, precision, max_batches=None if final else cfg.eval_batches)
             best = min(best, val["val_loss"])
             log.log(step, **val)
+            if env.is_main:
+                note = f"step {step}: val_loss {val['val_loss']:.4f}, val_ppl {val['val_ppl']:.2f}"
+                bar.write(note) if bar is not None else print(note, flush=True)
             last.update(val)
             if on_eval is not None and env.is_main:
                 on_eval(step, val)
@@ -154,7 +161,12 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
     if bar is not None:
         bar.close()
     log.close()
-    return {"step": step, **last}
+    elapsed = time.perf_counter() - start
+    summary = {"step": step, **last, "precision": precision, "trained_steps": step - first_step,
+               "trained_tokens": trained_tokens, "seconds": round(elapsed, 1)}
+    if env.is_main:
+        print(_summary_line(summary, best), flush=True)
+    return summary
 
 
 @torch.no_grad()
@@ -178,12 +190,25 @@ def evaluate(model, task, data, cfg: TrainConfig, env: DistEnv, precision: str =
             "val_tokens": int(total[1])}
 
 
-def _progress(cfg: TrainConfig, step: int, env: DistEnv):
+def _progress(cfg: TrainConfig, step: int, env: DistEnv, precision: str):
     if not (cfg.progress and env.is_main):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    return tqdm(total=cfg.steps, initial=step, desc=f"train ({precision})", unit="step", dynamic_ncols=True)
+
+
+def _summary_line(summary: dict, best: float) -> str:
+    """The end-of-run summary: steps, time, throughput, final and best validation loss."""
+    minutes = summary["seconds"] / 60
+    tok_s = summary["trained_tokens"] / max(summary["seconds"], 1e-9)
+    parts = [f"done: step {summary['step']} ({summary['trained_steps']} trained in {minutes:.1f} min, "
+             f"{summary['trained_tokens']:,} tokens, {tok_s:,.0f} tok/s, {summary['precision']})"]
+    if "val_loss" in summary:
+        parts.append(f"val_loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f}), best {best:.4f}")
+    if summary.get("skipped_steps"):
+        parts.append(f"{summary['skipped_steps']} NaN/Inf steps skipped")
+    return "; ".join(parts)
 
 
 __all__ = ["TrainingError", "evaluate", "seed_everything", "train", "unwrap"]

@@ -10,31 +10,45 @@ import torch
 import yaml
 
 from lmforge.data import TokenDataset
+from lmforge.fileio import atomic_write
 from lmforge.interop import load_model
 from lmforge.models import get_preset
 from lmforge.models.config import ConfigError
 from lmforge.train.checkpoint import latest_checkpoint
 from lmforge.train.config import DataSpec, ModelSpec, TrainConfig
-from lmforge.train.distributed import setup, teardown
+from lmforge.train.distributed import barrier, setup, teardown
 from lmforge.train.loop import seed_everything, train
+from lmforge.train.precision import resolve_precision
+from lmforge.train.rundir import clear_run_dir, plan_run_dir
 from lmforge.train.tasks import get_task
 
 
 def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg: TrainConfig, out_dir: str,
-                    resume: bool = False, device: str = "auto", export: bool = True) -> dict:
-    """Train from `data.path` and write checkpoints, metrics and (with `export`) a Hugging Face folder."""
+                    resume: bool = False, device: str = "auto", export: bool = True,
+                    overwrite: bool = False) -> dict:
+    """Train from `data.path` and write checkpoints, metrics and (with `export`) a Hugging Face folder.
+
+    A folder that already holds a run is refused unless `resume` (continue from its newest intact
+    checkpoint) or `overwrite` (delete that run's files and start from step 0) says what to do.
+    """
+    import lmforge
     from lmforge.tokenizers import Tokenizer
 
     env = setup(device)
     run_dir = Path(out_dir)
     try:
         seed_everything(train_cfg.seed)
+        task = get_task(objective)
+        train_cfg.validate(env.world_size)
         if not data.path:
             raise ConfigError("data.path is empty: give a folder written by `lmforge data prepare`")
+        start = plan_run_dir(run_dir, resume, overwrite)  # every rank reads, before the main one writes
+        if resume and start.message is None:
+            _check_same_objective(run_dir, objective)
+        barrier(env)
         tokenizer = Tokenizer.from_pretrained(data.tokenizer) if data.tokenizer else None
         train_data = TokenDataset(data.path, "train", tokenizer)
         val_data = TokenDataset(data.path, "val", tokenizer)
-        task = get_task(objective)
         ids = {"vocab_size": train_data.vocab_size, "eos_token_id": train_data.eos_id}
         if tokenizer is not None:
             ids.update(bos_token_id=tokenizer.bos_id, pad_token_id=tokenizer.pad_id)
@@ -43,15 +57,25 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
         if cfg.family not in task.families:
             raise ConfigError(f"objective {objective!r} trains {' or '.join(task.families)} models, "
                               f"but preset {model.preset!r} is {cfg.family!r}")
+        train_cfg.validate(env.world_size, cfg)
         net = task.build_model(cfg)
         if env.is_main:
+            if start.message:
+                print(start.message)
+            if start.clear:
+                clear_run_dir(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            resolved = {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
-                        "objective": objective, "train": dataclasses.asdict(train_cfg), "out_dir": out_dir,
-                        "model_config": cfg.to_dict(), "parameters": net.num_parameters()}
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+            # config.yaml holds exactly the arguments of `lmforge pretrain`: `--config run/config.yaml` reruns it.
+            arguments = {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model), "objective": objective,
+                         "train": dataclasses.asdict(train_cfg), "out_dir": out_dir, "device": device}
+            _write(run_dir / "config.yaml", yaml.safe_dump(arguments, sort_keys=False, allow_unicode=True))
+            facts = {"model_config": net.cfg.to_dict(), "parameters": net.num_parameters(),
+                     "precision": resolve_precision(train_cfg.precision, env.device), "world_size": env.world_size,
+                     "device": str(env.device), "lmforge": lmforge.__version__, "torch": torch.__version__}
+            _write(run_dir / "run.json", json.dumps(facts, indent=1, ensure_ascii=False) + "\n")
             print(f"{model.preset}: {net.num_parameters():,} parameters; train {train_data.num_tokens:,} tokens, "
                   f"val {val_data.num_tokens:,} tokens; objective {objective}; device {env.device}")
+        barrier(env)
 
         def sample(m, step):
             if tokenizer is not None and cfg.family == "decoder":
@@ -67,13 +91,32 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
                 result["samples"] = generate_samples(final, tokenizer, train_cfg.sample_prompts)
             if export:
                 try:
-                    export_hf(task.export_model(final), tokenizer, run_dir / "hf")
+                    folder = export_hf(task.export_model(final), task.export_tokenizer(tokenizer), run_dir / "hf")
+                    print(f"Hugging Face export: {folder}")
                 except ConfigError as err:
                     print(f"no Hugging Face export: {err}")
-            (run_dir / "result.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
+            _write(run_dir / "result.json", json.dumps(result, indent=1, ensure_ascii=False))
         return result
     finally:
         teardown(env)
+
+
+def _write(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _check_same_objective(run_dir: Path, objective: str) -> None:
+    """Refuse to resume a run with another objective than the one it was started with."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{saved_path}: not valid YAML ({err})") from None
+    if isinstance(saved, dict) and saved.get("objective", objective) != objective:
+        raise ConfigError(f"{run_dir} was trained with objective {saved['objective']!r}, not {objective!r}: "
+                          f"resume with --objective {saved['objective']}, or start a new run")
 
 
 def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int = 24,

@@ -5,7 +5,8 @@ The training loop (`loop.py`) only sees this small interface, so objectives stay
 
 - `configure(dataset, tokenizer) -> dict`: fix the special ids; the ModelConfig overrides they need
   (e.g. a larger `vocab_size` when [MASK] / [CLS] / [SEP] / sentinels are reserved after the vocabulary);
-- `build_model(cfg)`, `families`; `export_model(model)`: what to save in Hugging Face format;
+- `build_model(cfg)`, `families`; `export_model(model)`, `export_tokenizer(tokenizer)`: what to save in
+  Hugging Face format (the tokenizer adds the special tokens the task trained with);
 - `train_loader(...)`, `eval_loader(...)`, `split(batch, n)`, `num_tokens(batch)`;
 - `loss(model, micro_batch, device) -> (mean loss, extras)`, `eval_sums(...) -> (summed loss, count)`.
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from lmforge.data import EvalBatches, PackedBatches, TokenDataset
 from lmforge.models import CausalLM, ModelConfig
+from lmforge.models.config import ConfigError
 from lmforge.train.tasks_electra import ReplacedTokenDetectionTask
 from lmforge.train.tasks_encoder import ContrastiveTask, MaskedLMTask, NextSentenceTask
 from lmforge.train.tasks_span import SpanCorruptionTask
@@ -52,6 +54,10 @@ class CausalLMTask:
     def export_model(self, model: nn.Module) -> nn.Module:
         """The model itself is what gets exported."""
         return model
+
+    def export_tokenizer(self, tokenizer: Tokenizer | None) -> Tokenizer | None:
+        """The tokenizer as it is: windows of the token stream carry no added tokens."""
+        return tokenizer
 
     def train_loader(self, dataset: TokenDataset, batch_size: int, seq_len: int, seed: int, rank: int,
                      world_size: int) -> PackedBatches:
@@ -104,5 +110,5 @@ TASKS = {
 def get_task(name: str):
     """The task object for an objective name."""
     if name not in TASKS:
-        raise ValueError(f"objective {name!r} is not one of {', '.join(TASKS)}")
+        raise ConfigError(f"objective {name!r} is not one of {', '.join(TASKS)}")
     return TASKS[name]()

@@ -206,12 +206,6 @@ def check_family(task: DocumentTask, cfg: ModelConfig) -> None:
                           f"but this model is {cfg.family!r}")
 
 
-def check_positions(cfg: ModelConfig | None, seq_len: int) -> None:
-    """Raise `ConfigError` when absolute positions (learned, sinusoidal) cannot cover `seq_len`."""
-    if cfg is not None and cfg.position in ("learned", "sinusoidal") and seq_len > cfg.max_seq_len:
-        raise ConfigError(f"seq_len {seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
-
-
 def word_starts(tokenizer: Tokenizer, vocab_size: int) -> torch.Tensor:
     """(V,) bool: does each id start a word? From the token strings (WordPiece "##", "Ġ" or "▁" markers)."""
     tokens = [tokenizer.id_to_token(i) or "" for i in range(vocab_size)]
@@ -252,7 +246,6 @@ class DocumentTask:
     name: str = ""
     families: tuple[str, ...] = ()
     ids: SpecialIds | None = field(default=None, init=False, repr=False)
-    model_cfg: ModelConfig | None = field(default=None, init=False, repr=False)
 
     roles: ClassVar[dict[str, str]] = {"pad": "[PAD]"}
     num_sentinels: ClassVar[int] = 0
@@ -274,13 +267,12 @@ class DocumentTask:
         return self.ids
 
     def check_config(self, cfg: ModelConfig) -> ModelConfig:
-        """Check the family and that the vocabulary covers the special ids; remember cfg for `train_loader`."""
+        """Check the family and that the vocabulary covers the special ids."""
         check_family(self, cfg)
         if cfg.vocab_size < self.special.vocab_size:
             raise ConfigError(f"objective {self.name!r} needs vocab_size >= {self.special.vocab_size} (the data's "
                               f"vocabulary plus {', '.join(self.special.beyond_data[:5]) or 'its special ids'}), "
                               f"got {cfg.vocab_size}")
-        self.model_cfg = cfg
         return cfg
 
     def max_tokens(self, seq_len: int) -> int:
@@ -295,7 +287,6 @@ class DocumentTask:
                      world_size: int) -> CollatedBatches:
         """Shuffled document pieces, collated per batch with seeds from the batch position (exact resume)."""
         _ = self.special  # raises a clear error before configure
-        check_positions(self.model_cfg, seq_len)
         docs = train_documents(dataset, batch_size, self.max_tokens(seq_len), seed, rank, world_size,
                                self.min_local)
         return CollatedBatches(docs, lambda d, s: self.collate(d, s, seq_len), seed)
@@ -317,3 +308,13 @@ class DocumentTask:
     def export_model(self, model):
         """The model to save in Hugging Face format after training."""
         return model
+
+    def templates(self, tokenizer: Tokenizer) -> tuple[str, str | None] | None:
+        """The (single, pair) special-token templates `collate` builds sequences with; None: nothing added."""
+        return None
+
+    def export_tokenizer(self, tokenizer: Tokenizer | None) -> Tokenizer | None:
+        """The tokenizer to save beside the exported model: it adds the special tokens the task trained with."""
+        if tokenizer is not None and (templates := self.templates(tokenizer)) is not None:
+            tokenizer.set_template(*templates)
+        return tokenizer

@@ -39,6 +39,13 @@ from lmforge.train.tasks_common import (
 
 if TYPE_CHECKING:
     from lmforge.tokenizers import Tokenizer
+    from lmforge.train.tasks_common import SpecialIds
+
+
+def bert_templates(tokenizer: Tokenizer, ids: SpecialIds) -> tuple[str, str]:
+    """BERT's single and pair templates in the tokenizer's own spelling of [CLS] and [SEP]."""
+    cls, sep = tokenizer.id_to_token(ids.cls), tokenizer.id_to_token(ids.sep)
+    return f"{cls} $A {sep}", f"{cls} $A {sep} $B:1 {sep}:1"
 
 
 @dataclass
@@ -77,6 +84,10 @@ class MaskedLMTask(DocumentTask):
     def max_tokens(self, seq_len: int) -> int:
         """Room for [CLS] and [SEP]."""
         return seq_len - 2
+
+    def templates(self, tokenizer: Tokenizer) -> tuple[str, str]:
+        """[CLS] A [SEP], and [CLS] A [SEP] B [SEP] with segment 1 for B, as `collate` builds them."""
+        return bert_templates(tokenizer, self.special)
 
     def mask(self, input_ids: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked ids, labels) by `mask_tokens`, drawn from a generator seeded with `seed`."""
@@ -192,6 +203,10 @@ class ContrastiveTask(DocumentTask):
     def max_tokens(self, seq_len: int) -> int:
         """Room for [CLS] and [SEP]."""
         return seq_len - 2
+
+    def templates(self, tokenizer: Tokenizer) -> tuple[str, str]:
+        """[CLS] A [SEP], and [CLS] A [SEP] B [SEP] with segment 1 for B, as `collate` builds them."""
+        return bert_templates(tokenizer, self.special)
 
     def collate(self, documents: list[list[int]], seed: int, seq_len: int) -> Batch:
         """[CLS] doc [SEP] rows, padded: input_ids, attention_mask, and the batch's seed (for validation dropout)."""

@@ -51,6 +51,11 @@ class SpanCorruptionTask(DocumentTask):
         overrides = super().configure(dataset, tokenizer)
         return {**overrides, "eos_token_id": self.special.eos, "decoder_start_token_id": self.special.pad}
 
+    def templates(self, tokenizer: Tokenizer) -> tuple[str, str]:
+        """Text then EOS, as the corrupted inputs end (T5's `$A </s>`)."""
+        eos = tokenizer.id_to_token(self.special.eos)
+        return f"$A {eos}", f"$A {eos} $B:1 {eos}:1"
+
     def build_model(self, cfg: ModelConfig) -> nn.Module:
         """An encoder-decoder with an LM head on the decoder."""
         return Seq2SeqLM(self.check_config(cfg))
