@@ -100,6 +100,12 @@ def test_saved_config_holds_the_pretrain_arguments_and_resumes(tiny_data, tmp_pa
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resumed from" in out.stdout and "done: step 3" in out.stdout
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r] == [1, 2, 3]
+    # From the run folder alone: the rest of the arguments come from RUN/config.yaml.
+    out = subprocess.run([sys.executable, "-m", "lmforge.cli", "pretrain", "--out_dir", str(run), "--resume", "true",
+                          "--train.steps", "4"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resumed from" in out.stdout and "at step 3" in out.stdout and "done: step 4" in out.stdout
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]
 
 
 BAD = [
