@@ -28,9 +28,9 @@ import torch
 def make_step(row: common.Row, model, precision: str):
     """One trainer step of `model` in `precision` on a fixed batch (CLM for decoders, 15 % MLM for encoders)."""
     from lmforge.objectives import masked_lm_loss
+    from lmforge.objectives import causal_lm_loss
     from lmforge.train.optim import build_optimizer
     from lmforge.train.precision import autocast
-    from lmforge.train.tasks import shifted_cross_entropy
 
     cfg, device = model.cfg, torch.device("cpu")
     g = torch.Generator().manual_seed(1)
@@ -44,7 +44,7 @@ def make_step(row: common.Row, model, precision: str):
             if cfg.family == "encoder":
                 loss = masked_lm_loss(model(inputs).logits, labels)
             else:
-                loss = shifted_cross_entropy(model(inputs), targets)
+                loss = causal_lm_loss(model(inputs), targets=targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -47,8 +47,8 @@ def build(row: common.Row, folder: str, dtype: torch.dtype):
 
 
 def make_steps(row: common.Row, ours, theirs, cfg, compile_ours: bool):
+    from lmforge.objectives import causal_lm_loss
     from lmforge.train.optim import build_optimizer
-    from lmforge.train.tasks import shifted_cross_entropy
 
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, cfg.vocab_size, (row.batch, row.seq + 1), generator=g)
@@ -67,7 +67,7 @@ def make_steps(row: common.Row, ours, theirs, cfg, compile_ours: bool):
         if encoder:
             loss = F.cross_entropy(model(inputs).logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         else:
-            loss = shifted_cross_entropy(model(inputs), targets)
+            loss = causal_lm_loss(model(inputs), targets=targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
         opt_a.step()

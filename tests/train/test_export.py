@@ -8,7 +8,7 @@ import transformers as T
 from lmforge.data import TokenDataset
 from lmforge.tokenizers import Tokenizer
 from lmforge.train import DataSpec, ModelSpec, TrainConfig, run_pretraining
-from lmforge.train.tasks import get_task
+from lmforge.train.objective import get_objective
 
 TEXTS = ["the cat sat on a mat", "我们 去 公园 散步", "dog ran far away and we went home"]
 ENCODER = {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "max_seq_len": 64}
@@ -20,9 +20,9 @@ def _export(tiny_data, tmp_path, objective: str, preset: str):
                       sample_prompts=[], precision="fp32")
     overrides = {**ENCODER, "dropout": 0.1 if objective == "contrastive" else 0.0}  # SimCSE's views need dropout
     run_pretraining(DataSpec(str(data), str(tok)), ModelSpec(preset, overrides), objective, cfg, str(tmp_path / "run"))
-    task = get_task(objective)  # the special ids the run trained with, resolved again from the same files
-    task.configure(TokenDataset(data, "train"), Tokenizer.from_pretrained(tok))
-    return tmp_path / "run" / "hf", getattr(task, "ids", None), Tokenizer.from_pretrained(tok)
+    # The special ids the run trained with, resolved again from the same files.
+    binding = get_objective(objective).bind(TokenDataset(data, "train"), Tokenizer.from_pretrained(tok))
+    return tmp_path / "run" / "hf", getattr(binding.objective, "ids", None), Tokenizer.from_pretrained(tok)
 
 
 @pytest.mark.parametrize("objective", ["mlm", "mlm-nsp", "rtd", "contrastive"])

@@ -12,7 +12,7 @@ from lmforge.train import TrainConfig, precision, train
 from lmforge.train import loop as loop_module
 from lmforge.train.distributed import DistEnv
 from lmforge.train.metrics import read_metrics
-from lmforge.train.tasks import CausalLMTask
+from lmforge.train.objective import CausalLMObjective
 
 CPU = torch.device("cpu")
 
@@ -44,7 +44,7 @@ def test_a_run_logs_the_precision_that_ran_and_its_mfu_against_that_peak(tiny_da
     model = build_model(get_preset("llama-tiny", vocab_size=ds.vocab_size, **TINY_MODEL))
     cfg = TrainConfig(steps=2, batch_size=4, seq_len=16, progress=False, eval_every=2, checkpoint_every=2,
                       log_every=1, warmup_steps=0)
-    result = train(model, CausalLMTask(), ds, val, cfg, tmp_path, DistEnv())
+    result = train(model, CausalLMObjective(), ds, val, cfg, tmp_path, DistEnv())
     assert asked == [expected] and result["precision"] == expected
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
     flops = model.flops_per_token(16, training=True)

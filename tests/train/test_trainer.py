@@ -14,9 +14,9 @@ from lmforge.models import build_model, get_preset
 from lmforge.train import DataSpec, ModelSpec, TrainConfig, TrainingError, run_pretraining, train
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.distributed import DistEnv
+from lmforge.train.objective import CausalLMObjective
 from lmforge.train.optim import lr_factor, param_groups
 from lmforge.train.precision import resolve_precision
-from lmforge.train.tasks import CausalLMTask
 
 
 def test_weight_decay_skips_norms_biases_embeddings():
@@ -51,7 +51,7 @@ def test_precision_defaults_to_fp32_without_native_bf16(monkeypatch):
         resolve_precision("fp16", torch.device("cpu"))
 
 
-class NaNTask(CausalLMTask):
+class NaNObjective(CausalLMObjective):
     """A task whose loss turns NaN from the 4th call on."""
 
     calls = 0
@@ -71,7 +71,7 @@ def test_nan_steps_are_skipped_then_stop_with_a_clear_error(tiny_data, tmp_path)
                       checkpoint_every=100, warmup_steps=0)
     with pytest.raises(TrainingError, match="NaN/Inf for 3 steps in a row"):
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        train(model, NaNTask(), ds, val, cfg, tmp_path, DistEnv())
+        train(model, NaNObjective(), ds, val, cfg, tmp_path, DistEnv())
     # The three good steps changed the weights; NaN never reached them.
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -136,6 +136,6 @@ def test_activation_checkpointing_gives_the_same_losses(tiny_data, tmp_path):
         model = build_model(get_preset("llama-tiny", vocab_size=ds.vocab_size, **TINY_MODEL))
         cfg = TrainConfig(steps=3, batch_size=4, seq_len=16, progress=False, eval_every=100, checkpoint_every=100,
                           log_every=1, activation_checkpointing=on, precision="fp32")
-        train(model, CausalLMTask(), ds, val, cfg, tmp_path / str(i), DistEnv())
+        train(model, CausalLMObjective(), ds, val, cfg, tmp_path / str(i), DistEnv())
         losses.append([r["loss"] for r in read_metrics(tmp_path / str(i) / "metrics.jsonl") if "loss" in r])
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Literal
 
 from lmforge.interop.hf import CheckpointError, load_pretrained, resolve, save_pretrained
-from lmforge.interop.native import CONFIG_NAME, load_model, save_model, task_of
+from lmforge.interop.native import CONFIG_NAME, load_model, save_model
 from lmforge.models.model import Model
+from lmforge.models.tasks import task_of
 
 # What a checkpoint folder may hold besides its weights: the files of the tokenizer it was trained with.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",

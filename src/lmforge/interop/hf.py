@@ -18,7 +18,8 @@ from lmforge.fileio import atomic_write
 from lmforge.interop import bart, bert, gpt2, llama
 from lmforge.interop.mapping import to_ours, to_theirs
 from lmforge.models.config import ConfigError, ModelConfig
-from lmforge.models.model import DEFAULT_TASK, TASKS, MaskedLM, Model
+from lmforge.models.model import MaskedLM, Model
+from lmforge.models.tasks import DEFAULT_TASK, TASKS, task_of
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +133,22 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(path: str | os.PathLike, task: str | None = None, dtype: torch.dtype = torch.float32,
-                    **model_kwargs) -> Model:
+                    overrides: dict | None = None, **model_kwargs) -> Model:
     """Build an lmforge model from a Hugging Face checkpoint folder (or a named offline checkpoint).
 
     `task` picks the head ("causal-lm", "masked-lm", "sequence-classification", ...); by default
-    the one the checkpoint's `architectures` names. Heads absent from the checkpoint start random.
+    the one the checkpoint's `architectures` names. `overrides` change ModelConfig fields that do not
+    change the weights' shapes (dropout, pooler, ...). The model is built on the meta device and takes
+    the checkpoint's tensors themselves (`assign=True`: no random init, no second copy in memory);
+    heads absent from the checkpoint are initialised, and a warning names them (and what is tied).
     """
     folder = resolve(path)
     cfg, default_task, fam = config_from_folder(folder)
+    if overrides:
+        try:
+            cfg = cfg.replace(**overrides)
+        except (ConfigError, TypeError) as err:
+            raise ConfigError(f"{folder}: overrides {overrides}: {err}") from None
     task = task or default_task
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -152,18 +161,17 @@ def load_pretrained(path: str | os.PathLike, task: str | None = None, dtype: tor
         theirs = {k if k.startswith(BARE_HEAD_PREFIXES) else fam.PREFIX + k: v for k, v in theirs.items()}
     if task == "masked-lm" and "cls.seq_relationship.weight" in theirs:
         model_kwargs.setdefault("nsp", True)
-    model = TASKS[task](cfg, **model_kwargs)
+    with torch.device("meta"):
+        model = TASKS[task](cfg, **model_kwargs)
     ours = to_ours(rules, theirs)
     expected = model.state_dict()
-    problems, fresh = [], []
+    problems, tied = [], []
     for name, tensor in expected.items():
         if name not in ours:
             if model.is_tied(name):
-                continue
-            if name.startswith(HEAD_PREFIXES):
-                fresh.append(name)
-                continue
-            problems.append(f"missing tensor for {name}")
+                tied.append(name)
+            elif not name.startswith(HEAD_PREFIXES):
+                problems.append(f"missing tensor for {name}")
         elif ours[name].shape != tensor.shape:
             source = next(r.theirs for r in rules if r.ours == name)
             problems.append(f"{source}: shape {tuple(ours[name].shape)} does not match the config's {tuple(tensor.shape)}")
@@ -174,10 +182,11 @@ def load_pretrained(path: str | os.PathLike, task: str | None = None, dtype: tor
     unused = sorted(k for k in theirs if k not in used and not k.endswith(fam.IGNORED))
     if unused:
         log.info("%s: %d checkpoint tensors not used by %s: %s", folder, len(unused), task, ", ".join(unused[:5]))
+    model.load_state_dict({k: v for k, v in ours.items() if k in expected}, strict=False, assign=True)
+    fresh = model.materialize()
     if fresh:
-        log.warning("%s: newly initialised (not in the checkpoint): %s", folder, ", ".join(fresh))
-    model.load_state_dict({k: v for k, v in ours.items() if k in expected}, strict=False)
-    model.tie_weights()
+        log.warning("%s: newly initialised (not in the checkpoint): %s%s", folder, ", ".join(fresh),
+                    f"; tied to the token embedding: {', '.join(tied)}" if tied else "")
     return model.to(dtype).eval()
 
 
@@ -196,7 +205,7 @@ def export_family(cfg: ModelConfig) -> ModuleType:
 
 def hf_architecture(model: Model) -> str:
     """The HF `architectures[0]` for an lmforge model."""
-    cfg, task = model.cfg, next(t for t, cls in TASKS.items() if isinstance(model, cls))
+    cfg, task = model.cfg, task_of(model)
     family = export_family(cfg)
     names = {
         bert: {"encoder": "BertModel", "masked-lm": "BertForMaskedLM",
@@ -221,7 +230,7 @@ def save_pretrained(model: Model, path: str | os.PathLike) -> Path:
     cfg = model.cfg
     fam = export_family(cfg)
     arch = hf_architecture(model)
-    task = next(t for t, cls in TASKS.items() if isinstance(model, cls))
+    task = task_of(model)
     hf_config = fam.config_to_hf(cfg, arch)
     hf_config["dtype"] = str(model.dtype).removeprefix("torch.")
     if task in ("sequence-classification", "token-classification"):

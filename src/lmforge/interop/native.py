@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,42 +11,59 @@ import torch
 from safetensors.torch import save_file
 
 from lmforge.fileio import atomic_write
-from lmforge.interop.hf import CheckpointError, _load_safetensors
+from lmforge.interop.hf import CheckpointError, _load_safetensors, resolve
 from lmforge.models.config import ConfigError, ModelConfig
-from lmforge.models.model import TASKS, MaskedLM, Model
+from lmforge.models.model import MaskedLM, Model
+from lmforge.models.tasks import TASKS, task_of
 
 CONFIG_NAME = "lmforge.json"
+WEIGHT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin")
 
 
-def task_of(model: Model) -> str:
-    """The task name of a model (also when FSDP has subclassed it)."""
-    return next(t for t, cls in TASKS.items() if isinstance(model, cls))
+def weights_digest(path: str | os.PathLike) -> str:
+    """sha256 over a checkpoint folder's weight files (names and bytes): what a delta checkpoint's base must be."""
+    folder = resolve(path)
+    files = sorted({f for pattern in WEIGHT_FILES for f in folder.glob(pattern)})
+    if not files:
+        raise CheckpointError(f"{folder}: no weight files ({', '.join(WEIGHT_FILES)})")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
-def save_model(model: Model, path: str | os.PathLike, state_dict: dict | None = None) -> Path:
-    """Write the model in lmforge's format (atomically; tied weights stored once).
+def save_model(model: Model, path: str | os.PathLike, state_dict: dict | None = None, *,
+               trainable_only: bool = False, base: dict | None = None) -> Path:
+    """Write the model in lmforge's format (atomically; a tied output projection is stored once, as the embedding).
 
-    `state_dict` replaces `model.state_dict()`, e.g. a full one gathered from FSDP shards.
+    `state_dict` replaces `model.state_dict()` (e.g. a full one gathered from FSDP shards). Every tensor
+    of it is written, under its own name, whatever wraps the plain layers. With `trainable_only`, only
+    parameters with `requires_grad` are, and `base` ({"path": ..., "sha256": `weights_digest(path)`}) names
+    the checkpoint the frozen rest comes from; `load_model` reads that base first.
     """
+    if trainable_only and not base:
+        raise ConfigError("a checkpoint of the trainable parameters only needs the base it applies to "
+                          "(base={'path': ..., 'sha256': ...})")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     kwargs = {"nsp": True} if isinstance(model, MaskedLM) and model.nsp_head is not None else {}
     meta = {"format": "lmforge", "version": 1, "task": task_of(model), "task_kwargs": kwargs,
-            "config": model.cfg.to_dict()}
-    seen, tensors = set(), {}
-    for name, t in (model.state_dict() if state_dict is None else state_dict).items():
-        if t.data_ptr() in seen and t.numel():
-            continue  # a tied weight: re-tied on load
-        seen.add(t.data_ptr())
-        tensors[name] = t.contiguous()
+            "config": model.cfg.to_dict(), "tensors": "trainable" if trainable_only else "all"}
+    if base:
+        meta["base"] = {"path": str(base["path"]), "sha256": base["sha256"]}
+    state = model.state_dict() if state_dict is None else state_dict
+    keep = {n for n, p in model.named_parameters() if p.requires_grad} if trainable_only else set(state)
+    tensors = {name: t.contiguous() for name, t in state.items() if name in keep and not model.is_tied(name)}
     atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     return folder
 
 
-def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Model:
-    """Read a folder written by `save_model`."""
-    folder = Path(path)
+def read_meta(folder: Path) -> dict:
+    """`lmforge.json` of a folder, with errors naming the file."""
     meta_path = folder / CONFIG_NAME
     try:
         meta = json.loads(meta_path.read_text())
@@ -53,30 +71,80 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> M
         raise CheckpointError(f"{meta_path}: missing (not an lmforge checkpoint folder)") from None
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{meta_path}: malformed JSON at line {err.lineno}: {err.msg}") from None
+    for key in ("config", "task"):
+        if key not in meta:
+            raise CheckpointError(f"{meta_path}: missing field {key!r}")
+    if meta["task"] not in TASKS:
+        raise CheckpointError(f"{meta_path}: unknown task {meta['task']!r}; known: {', '.join(TASKS)}")
+    return meta
+
+
+def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32, overrides: dict | None = None) -> Model:
+    """Read a folder written by `save_model`, strictly: a tensor missing or without a place in the model is an error.
+
+    The model is built on the meta device and takes the file's tensors themselves (`assign=True`). A
+    checkpoint of trainable parameters only loads its base first (checked by its sha256). `overrides`
+    change ModelConfig fields that do not change the weights' shapes (dropout, ...).
+    """
+    folder = Path(path)
+    meta = read_meta(folder)
+    meta_path = folder / CONFIG_NAME
     try:
         cfg = ModelConfig.from_dict(meta["config"], source=str(meta_path))
-        model = TASKS[meta["task"]](cfg, **meta.get("task_kwargs", {}))
-    except KeyError as err:
-        raise CheckpointError(f"{meta_path}: missing or unknown field {err.args[0]!r}") from None
-    except ConfigError as err:
+        cfg = cfg.replace(**(overrides or {}))
+        with torch.device("meta"):
+            model = TASKS[meta["task"]](cfg, **meta.get("task_kwargs", {}))
+    except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{meta_path}: {err}") from None
     tensors = _load_safetensors(folder / "model.safetensors")
     expected = model.state_dict()
-    problems = [f"{k}: shape {tuple(tensors[k].shape)} != {tuple(v.shape)}"
-                for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
-    missing = [k for k in expected if k not in tensors and not model.is_tied(k)]
-    if problems or missing:
-        raise CheckpointError(f"{folder}: checkpoint does not fit {CONFIG_NAME}: "
-                              + "; ".join(problems[:8] + [f"missing {k}" for k in missing[:8]]))
-    model.load_state_dict(tensors, strict=False)
-    model.tie_weights()
+    base = meta.get("base")
+    if base:
+        tensors = {**_base_state(base, folder, meta, cfg), **tensors}
+    unknown = sorted(set(tensors) - set(expected))
+    missing = sorted(k for k in expected if k not in tensors and not model.is_tied(k))
+    shapes = [f"{k}: shape {tuple(tensors[k].shape)} != {tuple(v.shape)}"
+              for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    if unknown or missing or shapes:
+        parts = shapes[:8] + [f"missing {k}" for k in missing[:8]]
+        if unknown:
+            parts.append(f"no place in a {meta['task']} model for {', '.join(unknown[:8])}"
+                         + (f" (and {len(unknown) - 8} more)" if len(unknown) > 8 else ""))
+        raise CheckpointError(f"{folder}: checkpoint does not fit {CONFIG_NAME}: " + "; ".join(parts))
+    model.load_state_dict(tensors, strict=False, assign=True)
+    left = model.materialize()
+    if left:  # every parameter came from the file or its base (only tied ones are re-tied)
+        raise CheckpointError(f"{folder}: no tensors for {', '.join(left[:8])}")
     return model.to(dtype).eval()
 
 
-def load_any(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Model:
-    """An lmforge folder, a Hugging Face folder, or a named offline checkpoint."""
+def _base_state(base: dict, folder: Path, meta: dict, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The state dict of a delta checkpoint's base, after checking it is the file the checkpoint was made on."""
+    where = base.get("path", "")
+    try:
+        digest = weights_digest(where)
+    except CheckpointError as err:
+        raise CheckpointError(f"{folder}: holds the trainable parameters only; its base {where!r} cannot be read "
+                              f"({err})") from None
+    if digest != base.get("sha256"):
+        raise CheckpointError(f"{folder}: its base {where} changed since this checkpoint was written (sha256 "
+                              f"{digest[:12]}, expected {str(base.get('sha256'))[:12]}); restore that base")
+    return load_any(where, task=meta["task"], **meta.get("task_kwargs", {})).state_dict()
+
+
+def load_any(path: str | os.PathLike, dtype: torch.dtype = torch.float32, task: str | None = None,
+             overrides: dict | None = None, **model_kwargs) -> Model:
+    """An lmforge folder, a Hugging Face folder, or a named offline checkpoint, as a `task` model.
+
+    An lmforge folder holds one task; asking for another is an error. A Hugging Face folder is read
+    with `task` (heads it lacks are initialised; see `load_pretrained`).
+    """
     from lmforge.interop.hf import load_pretrained
 
-    if (Path(path) / CONFIG_NAME).is_file():
-        return load_model(path, dtype)
-    return load_pretrained(path, dtype=dtype)
+    folder = Path(path)
+    if (folder / CONFIG_NAME).is_file():
+        saved = read_meta(folder)["task"]
+        if task is not None and task != saved:
+            raise CheckpointError(f"{folder}: holds a {saved} model, not a {task} one")
+        return load_model(folder, dtype, overrides)
+    return load_pretrained(path, task=task, dtype=dtype, overrides=overrides, **model_kwargs)

@@ -2,8 +2,8 @@
 
 from lmforge.models.attention import Attention, KVCache, attention_mask
 from lmforge.models.config import ConfigError, ModelConfig
+from lmforge.models.electra import ElectraPretraining
 from lmforge.models.model import (
-    TASKS,
     CausalLM,
     EncoderModel,
     MaskedLM,
@@ -12,13 +12,14 @@ from lmforge.models.model import (
     Seq2SeqLM,
     SequenceClassifier,
     TokenClassifier,
-    build_model,
 )
 from lmforge.models.presets import PRESETS, get_preset
+from lmforge.models.tasks import DEFAULT_TASK, TASKS, build_model, task_of
 from lmforge.models.transformer import Cache, Transformer
 
 __all__ = [
-    "Attention", "Cache", "CausalLM", "ConfigError", "EncoderModel", "KVCache", "MaskedLM", "Model",
+    "Attention", "Cache", "CausalLM", "ConfigError", "DEFAULT_TASK", "ElectraPretraining", "EncoderModel", "KVCache",
+    "MaskedLM", "Model",
     "ModelConfig", "PRESETS", "QuestionAnswering", "Seq2SeqLM", "SequenceClassifier", "TASKS",
-    "TokenClassifier", "Transformer", "attention_mask", "build_model", "get_preset",
+    "TokenClassifier", "Transformer", "attention_mask", "build_model", "get_preset", "task_of",
 ]

@@ -32,23 +32,59 @@ class Model(nn.Module):
 
     def init_weights(self) -> None:
         """Normal(0, init_std) weights, zero biases, unit norms; residual outputs scaled by 1/sqrt(2L) (GPT-2)."""
-        std = self.cfg.init_std
-        n_layers = self.cfg.n_layers + (self.cfg.n_decoder_layers if self.cfg.is_encoder_decoder else 0)
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                scaled = name.endswith(("o_proj", "down_proj")) and self.cfg.norm_position == "pre"
-                nn.init.normal_(module.weight, std=std / math.sqrt(2 * n_layers) if scaled else std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=std)
-            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
-                nn.init.ones_(module.weight)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, LearnedPositions):
-                nn.init.normal_(module.weight, std=std)
+            self._init_module(name, module)
         self.tie_weights()
+
+    def _init_module(self, name: str, module: nn.Module) -> None:
+        """Initialise the parameters `module` holds itself (not its children's)."""
+        std = self.cfg.init_std
+        if isinstance(module, nn.Linear):
+            n_layers = self.cfg.n_layers + (self.cfg.n_decoder_layers if self.cfg.is_encoder_decoder else 0)
+            scaled = name.endswith(("o_proj", "down_proj")) and self.cfg.norm_position == "pre"
+            nn.init.normal_(module.weight, std=std / math.sqrt(2 * n_layers) if scaled else std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.Embedding, LearnedPositions)):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+            nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        else:  # bare parameters (e.g. an output bias): zeros
+            for param in module.parameters(recurse=False):
+                nn.init.zeros_(param)
+
+    def materialize(self, device: torch.device | str = "cpu") -> list[str]:
+        """Allocate and initialise what is still on the meta device; return the names of those parameters.
+
+        A model built under `torch.device("meta")` and loaded with `load_state_dict(assign=True)` holds the
+        checkpoint's tensors themselves (no random init, no second copy); what the checkpoint lacked
+        (a new head) is initialised here, tied weights are tied again, and non-persistent buffers
+        (RoPE frequencies, sinusoidal tables) are recomputed.
+        """
+        self.tie_weights()
+        fresh = []
+        for name, module in self.named_modules():
+            own = [n for n, p in module.named_parameters(recurse=False) if p.is_meta]
+            if own:
+                module.to_empty(device=device, recurse=False)
+                self._init_module(name, module)
+                fresh += [f"{name}.{n}" if name else n for n in own]
+            if any(b.is_meta for b in module.buffers(recurse=False)):
+                module.reset_buffers(device)
+        self.tie_weights()
+        return fresh
+
+    def blocks(self) -> list[nn.Module]:
+        """Every Transformer block, encoder first, then decoder (what FSDP shards and checkpointing wraps)."""
+        return [block for stack in (self.body.encoder, self.body.decoder) if stack is not None for block in stack.blocks]
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each block's activations in the backward pass (less memory, about 1/3 more compute)."""
+        for stack in (self.body.encoder, self.body.decoder):
+            if stack is not None:
+                stack.gradient_checkpointing = enabled
 
     def tie_weights(self) -> None:
         """Share the output projection with the token embedding when the config says so."""
@@ -273,27 +309,3 @@ def _with_labels(cfg: ModelConfig, num_labels: int | None) -> ModelConfig:
 def _require(cfg: ModelConfig, family: str, cls: str) -> None:
     if cfg.family != family:
         raise ConfigError(f"{cls} needs family={family!r}, got {cfg.family!r}")
-
-
-TASKS: dict[str, type[Model]] = {
-    "encoder": EncoderModel,
-    "causal-lm": CausalLM,
-    "seq2seq-lm": Seq2SeqLM,
-    "masked-lm": MaskedLM,
-    "sequence-classification": SequenceClassifier,
-    "token-classification": TokenClassifier,
-    "question-answering": QuestionAnswering,
-}
-DEFAULT_TASK = {"encoder": "encoder", "decoder": "causal-lm", "encoder-decoder": "seq2seq-lm"}
-
-
-def build_model(cfg: ModelConfig | str, task: str | None = None, **kwargs) -> Model:
-    """A randomly initialised model for a config or preset name; the task defaults by family."""
-    if isinstance(cfg, str):
-        from lmforge.models.presets import get_preset
-
-        cfg = get_preset(cfg)
-    task = task or DEFAULT_TASK[cfg.family]
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    return TASKS[task](cfg, **kwargs)

@@ -23,7 +23,12 @@ class SinusoidalPositions(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.register_buffer("table", sinusoidal_table(cfg.max_seq_len, cfg.d_model), persistent=False)
+        self.num_positions, self.dim = cfg.max_seq_len, cfg.d_model
+        self.register_buffer("table", sinusoidal_table(self.num_positions, self.dim), persistent=False)
+
+    def reset_buffers(self, device: torch.device | str | None = None) -> None:
+        """Recompute the table (after building on the meta device)."""
+        self.table = sinusoidal_table(self.num_positions, self.dim).to(device)
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
         return self.table[position_ids]
@@ -59,10 +64,14 @@ class RotaryEmbedding(nn.Module):
         scaling = cfg.rope_scaling or {}
         self.kind = scaling.get("type")
         self.factor = float(scaling.get("factor", 1.0))
-        base = self.base
+        self.static_base = self.base
         if self.kind == "ntk":
-            base = base * self.factor ** (self.dim / (self.dim - 2))
-        self.register_buffer("inv_freq", self._inv_freq(base), persistent=False)
+            self.static_base = self.base * self.factor ** (self.dim / (self.dim - 2))
+        self.register_buffer("inv_freq", self._inv_freq(self.static_base), persistent=False)
+
+    def reset_buffers(self, device: torch.device | str | None = None) -> None:
+        """Recompute the frequencies (after building on the meta device)."""
+        self.inv_freq = self._inv_freq(self.static_base).to(device)
 
     def _inv_freq(self, base: float) -> torch.Tensor:
         return 1.0 / (base ** (torch.arange(0, self.dim, 2, dtype=torch.int64).float() / self.dim))

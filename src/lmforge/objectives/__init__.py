@@ -6,6 +6,7 @@ Conventions: `ignore_index = -100` marks positions without a target; token-level
 or "none". Randomness comes only from the generator passed in.
 """
 
+from ._common import pad_batch
 from .clm import causal_lm_loss, causal_lm_targets, num_predicted_tokens
 from .contrastive import cosine_similarity_matrix, info_nce_loss, mean_pool, simcse_views, split_views
 from .electra import (
@@ -18,9 +19,12 @@ from .electra import (
 from .mlm import (
     mask_tokens,
     masked_lm_loss,
+    vocabulary_style,
     word_ids_from_offsets,
+    word_ids_from_starts,
     word_ids_from_tokens,
     word_spans_from_words,
+    word_start_table,
 )
 from .nsp import IS_NEXT, NOT_NEXT, NspExample, collate_nsp, make_nsp_pairs, nsp_loss, truncate_pair
 from .span_corruption import (
@@ -53,6 +57,7 @@ __all__ = [
     "noise_span_counts",
     "nsp_loss",
     "num_predicted_tokens",
+    "pad_batch",
     "random_spans_noise_mask",
     "raw_length_for_input_length",
     "replaced_token_detection_loss",
@@ -65,7 +70,10 @@ __all__ = [
     "span_corruption_lengths",
     "split_views",
     "truncate_pair",
+    "vocabulary_style",
     "word_ids_from_offsets",
+    "word_ids_from_starts",
     "word_ids_from_tokens",
     "word_spans_from_words",
+    "word_start_table",
 ]

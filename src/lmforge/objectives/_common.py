@@ -60,6 +60,11 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad_value: int) -> torch.Tensor
     return out
 
 
+def pad_batch(seqs: Sequence[Sequence[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask), both (N, T_max), right-padded: the one padding helper of lmforge's batches."""
+    return pad_sequences(seqs, pad_value), pad_sequences([[1] * len(s) for s in seqs], 0)
+
+
 def as_rng(rng: Rng | int | None) -> Rng:
     """An int seed or None becomes a NumPy generator; a generator passes through."""
     if rng is None or isinstance(rng, (int, np.integer)):

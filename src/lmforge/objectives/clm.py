@@ -59,17 +59,24 @@ def causal_lm_loss(
     input_ids: torch.Tensor | None = None,
     *,
     labels: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
     loss_mask: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
-    """Next-token cross-entropy of `logits` (B, T, V) against ids shifted left by one (Radford et al. 2018).
+    """Next-token cross-entropy of `logits` (B, T, V) (Radford et al. 2018): the one causal-LM loss.
 
-    Position t predicts token t+1, so the logits at the last position are unused. Give `input_ids` or
-    unshifted `labels` (see `causal_lm_targets`; the shift happens here). "mean" averages over predicted
-    tokens (not over sequences) and is 0 when none are predicted; "sum" adds them (divide by
-    `num_predicted_tokens` over all micro-batches); "none" returns (B, T-1) losses, 0 where ignored.
+    Give one of: `input_ids` or unshifted `labels` (B, T) (see `causal_lm_targets`; the shift happens
+    here, so the logits at the last position are unused; `labels` at `ignore_index` and `loss_mask` 0
+    are not targets: the answer-only mask of chat SFT), or `targets` (B, T) already shifted, one per
+    logits position (packed windows whose loader cut inputs and targets apart). "mean" averages over
+    predicted tokens (not over sequences) and is 0 when none are predicted; "sum" adds them (divide by
+    `num_predicted_tokens` over all micro-batches); "none" returns per-target losses, 0 where ignored.
     """
+    if targets is not None:
+        if input_ids is not None or labels is not None or loss_mask is not None:
+            raise ValueError("targets are already shifted: give them alone, not with input_ids, labels or loss_mask")
+        return token_cross_entropy(logits, targets, ignore_index, reduction)
     targets = causal_lm_targets(input_ids, labels=labels, loss_mask=loss_mask, ignore_index=ignore_index)
     if logits.shape[:-1] != targets.shape[:-1] + (targets.shape[-1] + 1,):
         raise ValueError(

@@ -164,6 +164,45 @@ def masked_lm_loss(
     return token_cross_entropy(logits, labels, ignore_index, reduction)
 
 
+def _starts_word(token: str, style: str) -> bool:
+    """Whether a token string begins a word: WordPiece marks continuations ("##"), the others word starts."""
+    if style == "wordpiece":
+        return not token.startswith("##")
+    return token.startswith(WORD_START_MARKERS[style])
+
+
+def vocabulary_style(tokens: Sequence[str]) -> Literal["wordpiece", "byte_level", "sentencepiece"]:
+    """The word-marker convention of a vocabulary: "##" pieces (WordPiece), "Ġ" (byte-level BPE) or "▁"."""
+    if any(t.startswith("##") for t in tokens):
+        return "wordpiece"
+    for style, marker in WORD_START_MARKERS.items():
+        if any(t.startswith(marker) for t in tokens):
+            return style  # type: ignore[return-value]
+    raise ValueError("cannot tell word starts in this vocabulary (no '##', 'Ġ' or '▁' markers)")
+
+
+def word_start_table(vocabulary: Sequence[str], style: str | None = None) -> torch.Tensor:
+    """(V,) bool, one entry per id of `vocabulary` (token strings in id order): does the token begin a word?
+
+    `style` as in `word_ids_from_tokens`; None reads it from the vocabulary (`vocabulary_style`).
+    """
+    style = style or vocabulary_style(vocabulary)
+    return torch.tensor([_starts_word(t, style) for t in vocabulary], dtype=torch.bool)
+
+
+def word_ids_from_starts(input_ids: torch.Tensor, starts: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
+    """(B, T) word index per token from a `word_start_table`, -1 at `special` (B, T) positions.
+
+    The first token after a special token always starts a word; indices count from 0 in each row.
+    """
+    begins = starts[input_ids]
+    after_special = torch.ones_like(special)
+    after_special[:, 1:] = special[:, :-1]
+    begins = (begins | after_special) & ~special
+    ids = begins.long().cumsum(1) - 1
+    return ids.masked_fill(special, -1)
+
+
 def word_ids_from_tokens(
     tokens: Sequence[str],
     *,
@@ -176,7 +215,8 @@ def word_ids_from_tokens(
     into single tokens, so each Chinese character is its own word). "byte_level": a token starting with
     "Ġ" starts a word (GPT-2, RoBERTa; punctuation without a space joins the word before it).
     "sentencepiece": a token starting with "▁" starts a word (T5, ALBERT, LLaMA). The first token after a
-    special token always starts a word.
+    special token always starts a word. (`word_start_table` + `word_ids_from_starts` are the same rule
+    on id tensors.)
     """
     if style not in ("wordpiece", "byte_level", "sentencepiece"):
         raise ValueError(f"style must be 'wordpiece', 'byte_level' or 'sentencepiece', got {style!r}")
@@ -188,11 +228,7 @@ def word_ids_from_tokens(
             out.append(None)
             after_special = True
             continue
-        if style == "wordpiece":
-            starts = not token.startswith("##")
-        else:
-            starts = token.startswith(WORD_START_MARKERS[style])
-        if starts or after_special:
+        if _starts_word(token, style) or after_special:
             word += 1
         out.append(word)
         after_special = False

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._common import Rng, as_rng, pad_sequences, randrange, uniform, upcast
+from ._common import Rng, as_rng, pad_batch, pad_sequences, randrange, uniform, upcast
 
 IS_NEXT = 0
 NOT_NEXT = 1
@@ -87,11 +87,11 @@ def make_nsp_pairs(
 
 def collate_nsp(examples: Sequence[NspExample], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Pad NSP examples into tensors: input_ids, token_type_ids, attention_mask (B, T), next_sentence_label (B,)."""
-    input_ids = pad_sequences([e.input_ids for e in examples], pad_id)  # (B, T)
+    input_ids, attention_mask = pad_batch([e.input_ids for e in examples], pad_id)  # (B, T) each
     return {
         "input_ids": input_ids,
         "token_type_ids": pad_sequences([e.token_type_ids for e in examples], 0),
-        "attention_mask": pad_sequences([[1] * len(e.input_ids) for e in examples], 0),
+        "attention_mask": attention_mask,
         "next_sentence_label": torch.tensor([e.label for e in examples], dtype=torch.long),
     }
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._common import Reduction, Rng, as_rng, pad_sequences, permutation, token_cross_entropy
+from ._common import Reduction, Rng, as_rng, pad_batch, pad_sequences, permutation, token_cross_entropy
 
 
 def _check_density(noise_density: float, mean_span_length: float) -> None:
@@ -155,11 +155,11 @@ def collate_seq2seq(
     ignore_index: int = -100,
 ) -> dict[str, torch.Tensor]:
     """Pad (encoder_input, target) pairs: input_ids, attention_mask, labels (pad -> ignore_index), decoder_input_ids."""
-    input_ids = pad_sequences([list(a) for a, _ in pairs], pad_id)  # (B, S)
+    input_ids, attention_mask = pad_batch([list(a) for a, _ in pairs], pad_id)  # (B, S) each
     labels = pad_sequences([list(b) for _, b in pairs], ignore_index)  # (B, T)
     return {
         "input_ids": input_ids,
-        "attention_mask": pad_sequences([[1] * len(a) for a, _ in pairs], 0),
+        "attention_mask": attention_mask,
         "labels": labels,
         "decoder_input_ids": shift_right(labels, decoder_start_id, pad_id, ignore_index),
     }

@@ -321,6 +321,11 @@ class Tokenizer:
             raise ValueError(f"special token {token!r} is not in the vocabulary")
         self.special_tokens[role] = token
 
+    def copy(self) -> Tokenizer:
+        """An independent copy: adding tokens or setting a template on it leaves this one as it is."""
+        return Tokenizer(Backend.from_str(self.to_json()), dict(self.special_tokens), padding_side=self.padding_side,
+                         model_max_length=self.model_max_length, model_input_names=list(self.model_input_names))
+
     def set_template(self, single: str | None, pair: str | None = None) -> None:
         """What `encode(..., add_special_tokens=True)` wraps text in, e.g. `"[CLS] $A [SEP]"` (None: nothing).
 

@@ -1,6 +1,8 @@
 """Training checkpoints: everything needed to continue exactly, written atomically.
 
-A checkpoint is a folder `step-0000100/` holding the model (lmforge format), optimizer and
+A checkpoint is a folder `step-0000100/` holding the training module's own state dict (lmforge
+format, `model/`: every tensor under its own name, whatever wraps the plain layers; or, with
+`trainable_only`, the trainable parameters plus the path and sha256 of the frozen base), optimizer and
 scheduler state, the data position and all RNG states. It is written as `.step-0000100.tmp/` and
 renamed into place only when complete, so a crash never leaves a half-written checkpoint that
 `--resume` could pick up. Only tensors and plain data are stored; loading uses `weights_only=True`.
@@ -24,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from lmforge.fileio import atomic_write
-from lmforge.interop.native import load_model, save_model
+from lmforge.interop.native import save_model
 
 PREFIX = "step-"
 
@@ -58,10 +60,11 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, data_state: dict,
                     extra: dict | None = None, keep_last: int = 2, best_metric: str | None = None,
-                    is_main: bool = True, scaler=None) -> Path:
+                    is_main: bool = True, scaler=None, base: dict | None = None) -> Path:
     """Write `run_dir/step-XXXXXXX/` atomically, then prune to the last `keep_last` (plus `best`).
 
     Every rank calls this (gathering sharded FSDP state is collective); only the main rank writes.
+    With `base` ({"path", "sha256"}), only the trainable parameters are stored, and the base is named.
     """
     model_state = get_model_state_dict(model, options=FULL)
     optim_state = get_optimizer_state_dict(model, optimizer, options=FULL)
@@ -71,7 +74,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, da
     tmp = run_dir / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, tmp / "model", state_dict=model_state)
+    save_model(model, tmp / "model", state_dict=model_state, trainable_only=base is not None, base=base)
     trainer = {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_state()}
     if scaler is not None:
         trainer["scaler"] = scaler.state_dict()
@@ -114,15 +117,17 @@ class CorruptCheckpoint(Exception):
     """A checkpoint folder that cannot be read back (a file missing, truncated or not what it should be)."""
 
 
-def read_checkpoint(path: Path, dtype: torch.dtype = torch.float32) -> dict:
+def read_checkpoint(path: Path) -> dict:
     """Everything in a checkpoint folder, read and checked before anything is restored.
 
     Raises `CorruptCheckpoint` naming the file when a part is missing or unreadable.
     """
-    from lmforge.interop.hf import CheckpointError
+    from lmforge.interop.hf import CheckpointError, _load_safetensors
+    from lmforge.interop.native import read_meta
 
     try:
-        saved = load_model(path / "model", dtype=dtype)
+        meta = read_meta(path / "model")
+        tensors = _load_safetensors(path / "model" / "model.safetensors")
     except (CheckpointError, OSError) as err:
         raise CorruptCheckpoint(str(err)) from None
     trainer_path = path / "trainer.pt"
@@ -141,23 +146,43 @@ def read_checkpoint(path: Path, dtype: torch.dtype = torch.float32) -> dict:
         raise CorruptCheckpoint(f"{state_path}: unreadable ({err})") from None
     if not isinstance(state, dict) or "step" not in state or "data" not in state:
         raise CorruptCheckpoint(f"{state_path}: no step / data position")
-    return {"model": saved, "trainer": trainer, "state": state}
+    return {"meta": meta, "tensors": tensors, "trainer": trainer, "state": state}
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler=None) -> dict:
-    """Restore model weights, optimizer, scheduler and RNG; return `state.json` (step, data position).
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler=None, base: dict | None = None) -> dict:
+    """Restore the training module's tensors, optimizer, scheduler and RNG; return `state.json` (step, data).
 
-    Raises `CorruptCheckpoint` (nothing restored) when the folder cannot be read, `CheckpointError` when
-    it is from a model of another shape.
+    The module's own state dict is restored strictly: a tensor the checkpoint lacks (other than the
+    frozen ones of a trainable-only checkpoint, whose base must be `base`) or one the module has no
+    place for is an error naming it. Raises `CorruptCheckpoint` (nothing restored) when the folder
+    cannot be read, `CheckpointError` when it is from another model.
     """
     from lmforge.interop.hf import CheckpointError
 
-    parts = read_checkpoint(path, dtype=next(model.parameters()).dtype)
-    saved, trainer = parts["model"], parts["trainer"]
-    if saved.cfg.to_dict() != model.cfg.to_dict():
-        diff = [k for k, v in saved.cfg.to_dict().items() if model.cfg.to_dict().get(k) != v]
+    parts = read_checkpoint(path)
+    meta, tensors, trainer = parts["meta"], dict(parts["tensors"]), parts["trainer"]
+    if meta["config"] != model.cfg.to_dict():
+        diff = [k for k, v in meta["config"].items() if model.cfg.to_dict().get(k) != v]
         raise CheckpointError(f"{path}: checkpoint is from another model shape (differs in: {', '.join(diff)})")
-    set_model_state_dict(model, saved.state_dict(), options=StateDictOptions(full_state_dict=True))
+    expected = set(model.state_dict())  # the module's own names (FSDP keeps them)
+    for name in expected:
+        if model.is_tied(name):  # stored once, as the token embedding
+            tensors.setdefault(name, tensors.get("body.tokens.weight"))
+    partial = meta.get("tensors") == "trainable"
+    if partial:
+        saved_base = meta.get("base") or {}
+        if base is None or saved_base.get("sha256") != base.get("sha256"):
+            raise CheckpointError(f"{path}: holds the trainable parameters of a model based on "
+                                  f"{saved_base.get('path')} (sha256 {str(saved_base.get('sha256'))[:12]}), but this run "
+                                  f"starts from {base and base.get('path')}; resume with the same model.checkpoint")
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        expected -= frozen
+    missing, unknown = sorted(expected - set(tensors)), sorted(set(tensors) - expected - (frozen if partial else set()))
+    if missing or unknown:
+        raise CheckpointError(f"{path}: does not fit the model being trained: "
+                              + "; ".join([f"missing {', '.join(missing[:6])}"] * bool(missing)
+                                          + [f"no place for {', '.join(unknown[:6])}"] * bool(unknown)))
+    set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=not partial))
     set_optimizer_state_dict(model, optimizer, trainer["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])

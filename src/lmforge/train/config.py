@@ -8,12 +8,18 @@ from typing import Any, Literal
 
 @dataclass
 class ModelSpec:
-    """Which model to train."""
+    """Which model to train: a preset (random initialisation) or a checkpoint to continue from."""
 
     preset: str = "llama-tiny"
-    """A preset of `lmforge.models.presets` (llama-tiny, gpt2-tiny, bert-tiny, bart-tiny, ...)."""
+    """A preset of `lmforge.models.presets` (llama-tiny, gpt2-tiny, bert-tiny, bart-tiny, ...); not used
+    when `checkpoint` is given."""
     overrides: dict[str, Any] = field(default_factory=dict)
-    """ModelConfig fields to change, e.g. {n_layers: 2, d_model: 128}; vocab_size comes from the data."""
+    """ModelConfig fields to change, e.g. {n_layers: 2, d_model: 128}; vocab_size comes from the data.
+    With a checkpoint, only fields that keep the weights' shapes (dropout, ...)."""
+    checkpoint: str | None = None
+    """Start from these weights instead: a Hugging Face folder, an lmforge checkpoint folder (a run's
+    step-*/model), or a named offline model (all-minilm-l6-v2). Heads the objective needs and the
+    checkpoint lacks are initialised (and the log says so); the data must use the checkpoint's tokenizer."""
 
 
 @dataclass
@@ -69,6 +75,9 @@ class TrainConfig:
     """Write a checkpoint every this many steps (and at the end, and at the time limit)."""
     keep_last: int = 2
     """Checkpoints kept (plus the best by validation loss); 0 keeps all."""
+    checkpoint_trainable_only: bool = False
+    """Store only the trainable parameters in checkpoints, with the path and sha256 of the frozen base
+    (needs model.checkpoint); resuming checks the base is unchanged."""
     log_every: int = 10
     """Log loss, learning rate, gradient norm, tokens/s and MFU every this many steps."""
     max_bad_steps: int = 5

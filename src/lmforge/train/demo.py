@@ -64,9 +64,9 @@ def calibrate_steps(model, batch_size: int, seq_len: int, minutes: float, precis
     """
     import copy
 
+    from lmforge.objectives import causal_lm_loss
     from lmforge.train.optim import build_optimizer
     from lmforge.train.precision import autocast, resolve_precision
-    from lmforge.train.tasks import shifted_cross_entropy
 
     device = torch.device("cpu")
     resolved = resolve_precision(precision, device)
@@ -78,7 +78,7 @@ def calibrate_steps(model, batch_size: int, seq_len: int, minutes: float, precis
     for _ in range(4):
         t = time.perf_counter()
         with autocast(resolved, device):
-            loss = shifted_cross_entropy(probe(ids[:, :-1]), ids[:, 1:])
+            loss = causal_lm_loss(probe(ids[:, :-1]), targets=ids[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(probe.parameters(), 1.0)
         opt.step()

@@ -55,10 +55,8 @@ def wrap(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module:
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for stack in (model.body.encoder, model.body.decoder):
-            if stack is not None:
-                for block in stack.blocks:
-                    fully_shard(block)
+        for block in model.blocks():
+            fully_shard(block)
         fully_shard(model)
         return model
     raise ValueError(f"distributed strategy {strategy!r} is not one of auto, ddp, fsdp, none")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmforge.models.config import ConfigError
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.config import TrainConfig
 from lmforge.train.distributed import DistEnv, all_reduce_mean, all_true, barrier, unwrap, wrap
@@ -30,33 +31,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, env: DistEnv,
-          resume: bool = False, on_eval=None, on_sample=None) -> dict:
-    """Train `model` on `task` batches; checkpoint, evaluate and log; return the final metrics.
+def train(model, objective, train_data, val_data, cfg: TrainConfig, run_dir: Path, env: DistEnv,
+          resume: bool = False, on_eval=None, on_sample=None, base: dict | None = None) -> dict:
+    """Train `model` on the batches of a bound `objective`; checkpoint, evaluate and log; return the final metrics.
 
-    `resume=True` continues from the latest complete checkpoint in `run_dir` exactly: same
-    weights, optimizer moments, schedule, data position and RNG states.
+    `resume=True` continues from the newest intact checkpoint in `run_dir` exactly: same weights,
+    optimizer moments, schedule, data position and RNG states. With `base` ({"path", "sha256"} of
+    the checkpoint the model was loaded from), checkpoints hold the trainable parameters only.
     """
     device = env.device
     cfg.validate(env.world_size, model.cfg)
+    if cfg.checkpoint_trainable_only and base is None:
+        raise ConfigError("train.checkpoint_trainable_only needs model.checkpoint: the frozen weights are read "
+                          "from that checkpoint when the run resumes or is exported")
     precision = resolve_precision(cfg.precision, device)
     micro, accum = cfg.micro_batches(env.world_size)
     raw = model.to(device)
-    for stack in (raw.body.encoder, raw.body.decoder):
-        if stack is not None:
-            stack.gradient_checkpointing = cfg.activation_checkpointing
+    raw.set_gradient_checkpointing(cfg.activation_checkpointing)
     model = wrap(raw, env, cfg.distributed)  # FSDP shards `raw` in place, so the optimizer comes after
     optimizer = build_optimizer(raw, cfg.lr, cfg.weight_decay, cfg.betas)
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                 schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
     # fp16 (GPU only) needs loss scaling; bf16 and fp32 do not.
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    loader = task.train_loader(train_data, cfg.batch_size, cfg.seq_len, cfg.seed, env.rank, env.world_size)
+    loader = objective.train_loader(train_data, cfg.batch_size, cfg.seq_len, cfg.seed, env.rank, env.world_size)
     say = print if env.is_main else (lambda *a, **k: None)
     step, best = 0, math.inf
     if resume:
         resumed_from, state = ckpt.resume_latest(run_dir, log=say, model=raw, optimizer=optimizer,
-                                                 scheduler=scheduler, scaler=scaler)
+                                                 scheduler=scheduler, scaler=scaler, base=base)
         if state is not None:
             loader.load_state_dict(state["data"])
             step, best = state["step"], state.get("best_val_loss", math.inf)
@@ -81,13 +84,13 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
         model.train()
         batch = next(batches)
         losses = []
-        for i, mb in enumerate(task.split(batch, accum)):
+        for i, mb in enumerate(objective.split(batch, accum)):
             # DDP syncs gradients on the last micro-batch only.
             sync = contextlib.nullcontext() if i == accum - 1 or not hasattr(model, "no_sync") else model.no_sync()
             # Backward runs even on a NaN loss, so DDP ranks stay in step; the update is skipped below.
             with sync:
                 with autocast(precision, device):
-                    loss, _ = task.loss(model, mb, device)
+                    loss, _ = objective.loss(model, mb, device)
                 scaled = loss / accum
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             losses.append(loss.detach())
@@ -118,7 +121,7 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        tokens = task.num_tokens(batch) * env.world_size
+        tokens = objective.num_tokens(batch) * env.world_size
         window_tokens, trained_tokens = window_tokens + tokens, trained_tokens + tokens
 
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -137,7 +140,7 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
         out_of_time = cfg.time_limit is not None and time.perf_counter() - start > cfg.time_limit * 60
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             final = step == cfg.steps or out_of_time  # the last evaluation always covers the whole split
-            val = evaluate(model, task, val_data, cfg, env, precision, max_batches=None if final else cfg.eval_batches)
+            val = evaluate(model, objective, val_data, cfg, env, precision, max_batches=None if final else cfg.eval_batches)
             best = min(best, val["val_loss"])
             log.log(step, **val)
             if env.is_main:
@@ -150,6 +153,7 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
             on_sample(raw, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
             ckpt.save_checkpoint(run_dir, step, model=raw, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                 base=base if cfg.checkpoint_trainable_only else None,
                                  data_state=loader.state_dict(), is_main=env.is_main,
                                  extra={"best_val_loss": best, "val_loss": last.get("val_loss")},
                                  keep_last=cfg.keep_last, best_metric="val_loss")
@@ -170,17 +174,17 @@ def train(model, task, train_data, val_data, cfg: TrainConfig, run_dir: Path, en
 
 
 @torch.no_grad()
-def evaluate(model, task, data, cfg: TrainConfig, env: DistEnv, precision: str = "fp32",
+def evaluate(model, objective, data, cfg: TrainConfig, env: DistEnv, precision: str = "fp32",
              max_batches: int | None = None) -> dict:
     """Validation loss (mean nats per target) and perplexity over the validation split (or its first batches)."""
     model.eval()
     total, count = torch.zeros(2, dtype=torch.float64), 0
-    loader = task.eval_loader(data, cfg.micro_batch_size or cfg.batch_size, cfg.seq_len, env.rank, env.world_size)
+    loader = objective.eval_loader(data, cfg.micro_batch_size or cfg.batch_size, cfg.seq_len, env.rank, env.world_size)
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         with autocast(precision, env.device):
-            loss_sum, n = task.eval_sums(model, batch, env.device)
+            loss_sum, n = objective.eval_sums(model, batch, env.device)
         total += torch.tensor([loss_sum, n], dtype=torch.float64)
         count += 1
     if env.enabled:

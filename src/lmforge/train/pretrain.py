@@ -1,4 +1,4 @@
-"""The pretraining job: prepared data + a preset + an objective -> a trained, exported checkpoint."""
+"""The training job: prepared data + a preset or a checkpoint + an objective -> a trained, exported checkpoint."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ import yaml
 
 from lmforge.data import TokenDataset
 from lmforge.fileio import atomic_write
-from lmforge.interop import load_model
-from lmforge.models import get_preset
+from lmforge.interop import load_any, load_model
+from lmforge.interop.hf import resolve
+from lmforge.interop.native import weights_digest
+from lmforge.models import Model, get_preset
 from lmforge.models.config import ConfigError
 from lmforge.train.checkpoint import latest_checkpoint
 from lmforge.train.config import DataSpec, ModelSpec, TrainConfig
 from lmforge.train.distributed import barrier, setup, teardown
 from lmforge.train.loop import seed_everything, train
+from lmforge.train.objective import get_objective
 from lmforge.train.precision import resolve_precision
 from lmforge.train.rundir import clear_run_dir, plan_run_dir
-from lmforge.train.tasks import get_task
 
 
 def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg: TrainConfig, out_dir: str,
@@ -28,8 +30,9 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
                     overwrite: bool = False) -> dict:
     """Train from `data.path` and write checkpoints, metrics and (with `export`) a Hugging Face folder.
 
-    A folder that already holds a run is refused unless `resume` (continue from its newest intact
-    checkpoint) or `overwrite` (delete that run's files and start from step 0) says what to do.
+    The model starts from a preset or from a checkpoint (`model.checkpoint`). A folder that already
+    holds a run is refused unless `resume` (continue from its newest intact checkpoint) or
+    `overwrite` (delete that run's files and start from step 0) says what to do.
     """
     import lmforge
     from lmforge.tokenizers import Tokenizer
@@ -38,7 +41,7 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
     run_dir = Path(out_dir)
     try:
         seed_everything(train_cfg.seed)
-        task = get_task(objective)
+        unbound = get_objective(objective)
         train_cfg.validate(env.world_size)
         if not data.path:
             raise ConfigError("data.path is empty: give a folder written by `lmforge data prepare`")
@@ -49,16 +52,10 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
         tokenizer = Tokenizer.from_pretrained(data.tokenizer) if data.tokenizer else None
         train_data = TokenDataset(data.path, "train", tokenizer)
         val_data = TokenDataset(data.path, "val", tokenizer)
-        ids = {"vocab_size": train_data.vocab_size, "eos_token_id": train_data.eos_id}
-        if tokenizer is not None:
-            ids.update(bos_token_id=tokenizer.bos_id, pad_token_id=tokenizer.pad_id)
-        ids.update(task.configure(train_data, tokenizer))  # e.g. ids reserved for [MASK], sentinels
-        cfg = get_preset(model.preset, **{**ids, **model.overrides})
-        if cfg.family not in task.families:
-            raise ConfigError(f"objective {objective!r} trains {' or '.join(task.families)} models, "
-                              f"but preset {model.preset!r} is {cfg.family!r}")
-        train_cfg.validate(env.world_size, cfg)
-        net = task.build_model(cfg)
+        binding = unbound.bind(train_data, tokenizer)  # special ids; the tokenizer copy that names them
+        net, base = start_model(model, binding, train_data, tokenizer, log=print if env.is_main else None)
+        train_cfg.validate(env.world_size, net.cfg)
+        name = model.checkpoint or model.preset
         if env.is_main:
             if start.message:
                 print(start.message)
@@ -70,28 +67,31 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
                          "train": dataclasses.asdict(train_cfg), "out_dir": out_dir, "device": device}
             _write(run_dir / "config.yaml", yaml.safe_dump(arguments, sort_keys=False, allow_unicode=True))
             facts = {"model_config": net.cfg.to_dict(), "parameters": net.num_parameters(),
+                     "trainable_parameters": net.num_parameters(trainable_only=True), "base": base,
                      "precision": resolve_precision(train_cfg.precision, env.device), "world_size": env.world_size,
                      "device": str(env.device), "lmforge": lmforge.__version__, "torch": torch.__version__}
             _write(run_dir / "run.json", json.dumps(facts, indent=1, ensure_ascii=False) + "\n")
-            print(f"{model.preset}: {net.num_parameters():,} parameters; train {train_data.num_tokens:,} tokens, "
+            print(f"{name}: {net.num_parameters():,} parameters; train {train_data.num_tokens:,} tokens, "
                   f"val {val_data.num_tokens:,} tokens; objective {objective}; device {env.device}")
         barrier(env)
+        decoder = net.cfg.family == "decoder" and tokenizer is not None
 
         def sample(m, step):
-            if tokenizer is not None and cfg.family == "decoder":
+            if decoder:
                 for prompt, text in generate_samples(m, tokenizer, train_cfg.sample_prompts).items():
                     print(f"  [{step}] {prompt!r} -> {text!r}")
 
-        result = train(net, task, train_data, val_data, train_cfg, run_dir, env, resume=resume,
-                       on_sample=None if env.enabled else sample)
+        result = train(net, binding.objective, train_data, val_data, train_cfg, run_dir, env, resume=resume,
+                       on_sample=None if env.enabled else sample, base=base)
         if env.is_main:
             # The final checkpoint holds the full weights whatever the strategy (FSDP shards `net`).
             final = load_model(latest_checkpoint(run_dir) / "model")
-            if tokenizer is not None and cfg.family == "decoder":
+            if decoder:
                 result["samples"] = generate_samples(final, tokenizer, train_cfg.sample_prompts)
             if export:
                 try:
-                    folder = export_hf(task.export_model(final), task.export_tokenizer(tokenizer), run_dir / "hf")
+                    folder = export_hf(binding.objective.export_model(final),
+                                       binding.objective.export_tokenizer(binding.tokenizer), run_dir / "hf")
                     print(f"Hugging Face export: {folder}")
                 except ConfigError as err:
                     print(f"no Hugging Face export: {err}")
@@ -99,6 +99,49 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
         return result
     finally:
         teardown(env)
+
+
+def start_model(spec: ModelSpec, binding, dataset: TokenDataset, tokenizer=None, log=None) -> tuple[Model, dict | None]:
+    """The model a run starts from, and the base reference ({"path", "sha256"}) when it is a checkpoint.
+
+    From a preset: a fresh model whose vocabulary, pad and EOS ids come from the data and the bound
+    objective. From a checkpoint: its weights as the objective's model task (a head it lacks is
+    initialised; the loader's warning names it), checked against the data's vocabulary and tokenizer.
+    """
+    objective = binding.objective
+    if spec.checkpoint is None:
+        ids = {"vocab_size": dataset.vocab_size, "eos_token_id": dataset.eos_id}
+        if tokenizer is not None:
+            ids.update(bos_token_id=tokenizer.bos_id, pad_token_id=tokenizer.pad_id)
+        cfg = get_preset(spec.preset, **{**ids, **binding.overrides, **spec.overrides})
+        return objective.build_model(cfg), None
+    folder = resolve(spec.checkpoint)
+    overrides = {**objective.model_overrides, **spec.overrides}
+    try:
+        model = load_any(folder, task=objective.model_task, overrides=overrides, **objective.model_kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"model.checkpoint {spec.checkpoint}: {err}") from None
+    needed = binding.overrides.get("vocab_size", dataset.vocab_size)
+    if model.cfg.vocab_size < needed:
+        raise ConfigError(f"model.checkpoint {spec.checkpoint} has {model.cfg.vocab_size} token ids, but the data and "
+                          f"objective need {needed}: prepare the data with the checkpoint's tokenizer")
+    _check_tokenizer_matches(folder, tokenizer, spec.checkpoint)
+    if log is not None:
+        log(f"starting from {spec.checkpoint} as a {objective.model_task} model "
+            f"({model.num_parameters():,} parameters)")
+    return objective.check_model(model), {"path": str(folder), "sha256": weights_digest(folder)}
+
+
+def _check_tokenizer_matches(folder: Path, tokenizer, name: str) -> None:
+    """Refuse data tokenized by another tokenizer than the one saved beside the checkpoint (when both exist)."""
+    from lmforge.tokenizers import Tokenizer
+
+    if tokenizer is None or not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json")):
+        return
+    theirs = Tokenizer.from_pretrained(folder)
+    if theirs.fingerprint() != tokenizer.fingerprint():
+        raise ConfigError(f"data.tokenizer is not the tokenizer of model.checkpoint {name}: prepare the data with "
+                          f"`lmforge data prepare FILES --tokenizer {folder}`")
 
 
 def _write(path: Path, text: str) -> None:

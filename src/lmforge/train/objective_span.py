@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from lmforge.data import TokenDataset
-from lmforge.models import ModelConfig, Seq2SeqLM
 from lmforge.models.config import ConfigError
 from lmforge.objectives import (
     collate_seq2seq,
@@ -19,14 +17,14 @@ from lmforge.objectives import (
     seq2seq_loss,
     span_corrupt,
 )
-from lmforge.train.tasks_common import Batch, DocumentTask, to_device
+from lmforge.train.objective_common import Batch, DocumentObjective, to_device
 
 if TYPE_CHECKING:
     from lmforge.tokenizers import Tokenizer
 
 
 @dataclass
-class SpanCorruptionTask(DocumentTask):
+class SpanCorruptionObjective(DocumentObjective):
     """T5 span corruption: 15 % of the tokens, in spans of mean length 3, become sentinels in the input;
     the decoder writes each sentinel and the tokens it hides, then EOS.
 
@@ -42,23 +40,20 @@ class SpanCorruptionTask(DocumentTask):
     mean_span_length: float = 3.0
 
     roles: ClassVar[dict[str, str]] = {"pad": "<pad>"}
+    model_task: ClassVar[str] = "seq2seq-lm"
     num_sentinels: ClassVar[int] = 100
     groups: ClassVar[dict[str, tuple[str, ...]]] = {"attention_mask": ("input_ids",),
                                                     "decoder_attention_mask": ("decoder_input_ids", "labels")}
 
-    def configure(self, dataset: TokenDataset, tokenizer: Tokenizer | None = None) -> dict:
-        """Special ids (pad, sentinels); the decoder starts from pad and documents end with the data's EOS."""
-        overrides = super().configure(dataset, tokenizer)
-        return {**overrides, "eos_token_id": self.special.eos, "decoder_start_token_id": self.special.pad}
+    def config_overrides(self) -> dict[str, Any]:
+        """Vocabulary and pad id; the decoder starts from pad and documents end with the data's EOS."""
+        return {**super().config_overrides(), "eos_token_id": self.special.eos,
+                "decoder_start_token_id": self.special.pad}
 
     def templates(self, tokenizer: Tokenizer) -> tuple[str, str]:
         """Text then EOS, as the corrupted inputs end (T5's `$A </s>`)."""
         eos = tokenizer.id_to_token(self.special.eos)
         return f"$A {eos}", f"$A {eos} $B:1 {eos}:1"
-
-    def build_model(self, cfg: ModelConfig) -> nn.Module:
-        """An encoder-decoder with an LM head on the decoder."""
-        return Seq2SeqLM(self.check_config(cfg))
 
     def max_tokens(self, seq_len: int) -> int:
         """The longest raw piece whose corrupted input fits `seq_len`; checks there are sentinels enough."""

@@ -1,4 +1,4 @@
-"""ELECTRA replaced-token detection (Clark et al. 2020): a small MLM generator and a discriminator, jointly.
+"""ELECTRA's pretraining pair (Clark et al. 2020): a small MLM generator and a discriminator, jointly.
 
 `ElectraPretraining` holds both networks. The discriminator is a `TokenClassifier` with one logit per
 token (an encoder body + a linear head): it is what training is for, and what is exported. The
@@ -8,34 +8,24 @@ predicts with the same embedding matrix (sec. 3.2, tied embeddings), as Hugging 
 `ElectraForMaskedLM` does when its hidden size is smaller than the embedding size.
 
 The generator's shape lives in `cfg.extra["electra_generator"]` (ModelConfig overrides), so a
-checkpoint rebuilds from its config alone. The class is registered as the "electra-pretraining" model
-task, which lmforge's checkpoint format needs to save and load it.
+checkpoint rebuilds from its config alone; the class is the "electra-pretraining" task of
+`lmforge.models.tasks`. The training objective that drives it is `lmforge.train.objective_electra`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.models import ModelConfig, TokenClassifier
-from lmforge.models.config import ConfigError
+from lmforge.models.config import ConfigError, ModelConfig
 from lmforge.models.ffn import ACTIVATIONS
-from lmforge.models.model import TASKS as MODEL_TASKS
-from lmforge.models.model import Model
+from lmforge.models.model import Model, TokenClassifier
 from lmforge.models.norms import make_norm
 from lmforge.models.transformer import Transformer, TransformerStack
-from lmforge.objectives import (
-    ELECTRA_DISC_WEIGHT,
-    electra_loss,
-    replaced_token_detection_loss,
-    sample_replacements,
-)
-from lmforge.train.tasks_common import Batch, to_device
-from lmforge.train.tasks_encoder import MaskedLMTask
+from lmforge.objectives import sample_replacements
 
 GENERATOR_KEY = "electra_generator"
 
@@ -127,57 +117,3 @@ class ElectraPretraining(Model):
         gen_matmul += self.body.tokens.weight.numel()
         forward = 2 * gen_matmul + 4 * g.n_layers * g.n_heads * g.head_dim * seq_len
         return self.discriminator.flops_per_token(seq_len, training) + (3 * forward if training else forward)
-
-
-# lmforge's checkpoints name a model by its task; this makes the ELECTRA pair one of them.
-MODEL_TASKS.setdefault("electra-pretraining", ElectraPretraining)
-
-
-@dataclass
-class ReplacedTokenDetectionTask(MaskedLMTask):
-    """ELECTRA pretraining (Clark et al. 2020): 15 % of tokens -> [MASK] (sec. 2), generator samples fill
-    them, the discriminator tells replaced tokens; loss L_MLM(G) + 50 L_Disc(D). Exports the discriminator.
-
-    Validation reports the discriminator's per-token binary cross-entropy, with the masks and the
-    generator's samples drawn from fixed seeds.
-    """
-
-    name: str = "rtd"
-    mask_ratio: float = 1.0
-    random_ratio: float = 0.0
-    disc_weight: float = ELECTRA_DISC_WEIGHT
-    generator_size: float = 0.25
-
-    groups: ClassVar[dict[str, tuple[str, ...]]] = {"attention_mask": ("input_ids", "labels")}
-
-    def build_model(self, cfg: ModelConfig) -> nn.Module:
-        """`ElectraPretraining`; the generator's shape from `cfg.extra["electra_generator"]` or `generator_size`."""
-        cfg = self.check_config(cfg)
-        shape = {**generator_overrides(cfg, self.generator_size), **cfg.extra.get(GENERATOR_KEY, {})}
-        return ElectraPretraining(cfg.replace(num_labels=1, extra={**cfg.extra, GENERATOR_KEY: shape}))
-
-    def collate(self, documents: list[list[int]], seed: int, seq_len: int) -> Batch:
-        """As MLM, plus the batch's seed (validation samples from it)."""
-        return {**super().collate(documents, seed, seq_len), "seed": seed}
-
-    def loss(self, model: nn.Module, batch: Batch, device: torch.device) -> tuple[torch.Tensor, dict]:
-        """ELECTRA's generator MLM loss + 50 x discriminator loss of a micro-batch (samples: global RNG)."""
-        b = to_device(batch, device)
-        out = model(b["input_ids"], b["attention_mask"], labels=b["labels"])
-        loss, parts = electra_loss(out.generator_logits, b["labels"], out.discriminator_logits, out.is_replaced,
-                                   b["attention_mask"], disc_weight=self.disc_weight)
-        return loss, {k: v.detach() for k, v in parts.items()}
-
-    @torch.no_grad()
-    def eval_sums(self, model: nn.Module, batch: Batch, device: torch.device) -> tuple[float, int]:
-        """(summed discriminator BCE, real tokens) of an evaluation batch, samples seeded by the batch."""
-        b = to_device(batch, device)
-        sampler = torch.Generator(device=device).manual_seed(int(b["seed"]))
-        out = model(b["input_ids"], b["attention_mask"], labels=b["labels"], sampler=sampler)
-        n = int(b["attention_mask"].sum())
-        loss = replaced_token_detection_loss(out.discriminator_logits, out.is_replaced, b["attention_mask"])
-        return float(loss) * n, n
-
-    def export_model(self, model: nn.Module) -> nn.Module:
-        """The discriminator (a `BertForTokenClassification` with one label once exported)."""
-        return model.discriminator

@@ -4,10 +4,10 @@ Special ids. MLM needs [MASK], NSP [CLS] and [SEP], span corruption sentinels <e
 every padded batch a pad id. The rule (`resolve_special_ids`): a role the tokenizer already has
 (`Tokenizer.mask_id`, `cls_id`, `sep_id`, `pad_id`, or `<extra_id_k>` tokens) keeps the tokenizer's id;
 a role it lacks gets a new id *after* the data's vocabulary (V, V+1, ...), the model's `vocab_size`
-grows to cover it, and the token is added to the tokenizer as a special token with that role, so a
-tokenizer saved beside an exported model names every id the model was trained with. A GPT-style BPE
-tokenizer (`<|endoftext|>`, `<pad>`) thus gains [CLS] [SEP] [MASK] (or 100 sentinels); a BERT
-tokenizer gains nothing.
+grows to cover it, and the token is added, as a special token with that role, to the copy of the
+tokenizer that `bind` returns, so a tokenizer saved beside an exported model names every id the model
+was trained with. A GPT-style BPE tokenizer (`<|endoftext|>`, `<pad>`) thus gains [CLS] [SEP] [MASK]
+(or 100 sentinels); a BERT tokenizer gains nothing.
 
 Randomness. Masking, segment pairing and span corruption draw from generators seeded by (seed, epoch,
 step, rank) of the batch, not from the global RNG: a resumed run redraws exactly the same batches
@@ -17,14 +17,16 @@ the same way at every evaluation (its seed depends only on its index).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from lmforge.data import DocumentBatches, TokenDataset
+from lmforge.models import TASKS, Model
 from lmforge.models.config import ConfigError, ModelConfig
 
 if TYPE_CHECKING:
@@ -35,6 +37,35 @@ ENCODER_ROLES = {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]
 SENTINEL = "<extra_id_{}>"
 EVAL_SEED = 0
 """Seed of the validation masks: fixed, so validation losses are comparable across steps and runs."""
+
+
+@dataclass(frozen=True)
+class Binding:
+    """An objective bound to its data (`Objective.bind`).
+
+    `objective` is a new instance with its special ids fixed (the unbound one is left as it was);
+    `tokenizer` names every id the model trains with (a copy, with the tokens the objective reserved
+    added; None without a tokenizer); `overrides` are the ModelConfig fields those ids need
+    (e.g. a larger `vocab_size`, the pad id).
+    """
+
+    objective: Any
+    tokenizer: Tokenizer | None
+    overrides: dict[str, Any]
+
+
+def check_family(objective, cfg: ModelConfig) -> None:
+    """Raise `ConfigError` unless the objective trains models of `cfg.family`."""
+    if cfg.family not in objective.families:
+        raise ConfigError(f"objective {objective.name!r} trains {' or '.join(objective.families)} models, "
+                          f"but this model is {cfg.family!r}")
+
+
+def build_task_model(objective, cfg: ModelConfig) -> Model:
+    """A fresh `TASKS[objective.model_task]` model, with the objective's ModelConfig overrides and arguments."""
+    check_family(objective, cfg)
+    return objective.check_model(TASKS[objective.model_task](cfg.replace(**objective.model_overrides),
+                                                             **objective.model_kwargs))
 
 
 @dataclass(frozen=True)
@@ -58,8 +89,8 @@ def resolve_special_ids(dataset: TokenDataset, tokenizer: Tokenizer | None, role
                         num_sentinels: int = 0) -> SpecialIds:
     """The tokenizer's own ids for `roles` (role -> default token), new ids after the vocabulary for the rest.
 
-    New tokens are added to `tokenizer` (when given) as special tokens with their roles; calling this
-    again with the same tokenizer finds them there and gives the same ids.
+    New tokens are added to `tokenizer` (when given) as special tokens with their roles: pass a copy
+    (`Tokenizer.copy()`). Calling this again with that tokenizer finds them there and gives the same ids.
     """
     vocab = dataset.vocab_size
     if tokenizer is not None and tokenizer.vocab_size < vocab:
@@ -169,17 +200,6 @@ def eval_documents(dataset: TokenDataset, batch_size: int, max_len: int, rank: i
                            rank=rank, world_size=world_size, max_epochs=1, drop_last=False)
 
 
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention_mask), both (B, T_max), right-padded."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
 def split_batch(batch: Batch, n: int, groups: dict[str, Sequence[str]]) -> list[Batch]:
     """`n` micro-batches of a batch of (B, ...) tensors, each trimmed to its own longest row.
 
@@ -199,81 +219,72 @@ def split_batch(batch: Batch, n: int, groups: dict[str, Sequence[str]]) -> list[
     return out
 
 
-def check_family(task: DocumentTask, cfg: ModelConfig) -> None:
-    """Raise `ConfigError` unless the task trains models of `cfg.family`."""
-    if cfg.family not in task.families:
-        raise ConfigError(f"objective {task.name!r} trains {' or '.join(task.families)} models, "
-                          f"but this model is {cfg.family!r}")
-
-
-def word_starts(tokenizer: Tokenizer, vocab_size: int) -> torch.Tensor:
-    """(V,) bool: does each id start a word? From the token strings (WordPiece "##", "Ġ" or "▁" markers)."""
-    tokens = [tokenizer.id_to_token(i) or "" for i in range(vocab_size)]
-    if any(t.startswith("##") for t in tokens):
-        return torch.tensor([not t.startswith("##") for t in tokens])
-    marker = "Ġ" if any(t.startswith("Ġ") for t in tokens) else "▁"
-    if not any(t.startswith(marker) for t in tokens):
-        raise ConfigError("whole-word masking: cannot tell word starts in this tokenizer's vocabulary "
-                          "(no '##', 'Ġ' or '▁' markers)")
-    return torch.tensor([t.startswith(marker) for t in tokens])
-
-
-def word_ids(input_ids: torch.Tensor, starts: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
-    """(B, T) word index per token, -1 at special positions; a token after a special starts a word."""
-    begins = starts[input_ids]
-    after_special = torch.ones_like(special)
-    after_special[:, 1:] = special[:, :-1]
-    begins = (begins | after_special) & ~special
-    ids = begins.long().cumsum(1) - 1
-    return ids.masked_fill(special, -1)
-
-
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """The batch's tensors on `device` (other values as they are)."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @dataclass
-class DocumentTask:
-    """Base of the tasks that read whole documents (MLM, NSP, ELECTRA, span corruption, SimCSE).
+class DocumentObjective:
+    """Base of the objectives that read whole documents (MLM, NSP, ELECTRA, span corruption, SimCSE).
 
     Subclasses give `roles` / `num_sentinels` (the special ids they need), `groups` (which keys share a
     width, for trimming micro-batches), `max_tokens(seq_len)` (text tokens per piece), `collate`,
-    `build_model`, `loss` and `eval_sums`. Call `configure(dataset, tokenizer)` first: it fixes the
-    special ids and returns the `ModelConfig` overrides (vocab_size, pad id, ...) the model needs.
+    `loss` and `eval_sums`, and the model they train (`model_task`, `model_kwargs`, `model_overrides`).
+    `bind(dataset, tokenizer)` returns a configured copy with `ids` set; the unbound one cannot make
+    batches.
     """
 
     name: str = ""
     families: tuple[str, ...] = ()
-    ids: SpecialIds | None = field(default=None, init=False, repr=False)
+    ids: SpecialIds | None = field(default=None, repr=False)
+    """The special ids; set by `bind`."""
 
     roles: ClassVar[dict[str, str]] = {"pad": "[PAD]"}
     num_sentinels: ClassVar[int] = 0
     groups: ClassVar[dict[str, tuple[str, ...]]] = {"attention_mask": ("input_ids",)}
     min_local: ClassVar[int] = 1
     """Sequences each process needs per batch (in-batch negatives and NotNext pairs need 2)."""
+    model_task: ClassVar[str] = "encoder"
+    model_kwargs: ClassVar[dict[str, Any]] = {}
+    model_overrides: ClassVar[dict[str, Any]] = {}
 
-    def configure(self, dataset: TokenDataset, tokenizer: Tokenizer | None = None) -> dict:
-        """Fix the special ids for this data (and tokenizer); return the ModelConfig overrides they need."""
-        self.ids = resolve_special_ids(dataset, tokenizer, self.roles, self.num_sentinels)
-        return {"vocab_size": self.ids.vocab_size, "pad_token_id": self.ids.pad}
+    def bind(self, dataset: TokenDataset, tokenizer: Tokenizer | None) -> Binding:
+        """Fix the special ids for this data (reserving missing ones on a copy of the tokenizer)."""
+        tokenizer = tokenizer.copy() if tokenizer is not None else None
+        ids = resolve_special_ids(dataset, tokenizer, self.roles, self.num_sentinels)
+        bound = dataclasses.replace(self, ids=ids, **self.bound_fields(ids, tokenizer))
+        return Binding(bound, tokenizer, bound.config_overrides())
+
+    def bound_fields(self, ids: SpecialIds, tokenizer: Tokenizer | None) -> dict[str, Any]:
+        """Fields `bind` sets besides `ids` (e.g. a word-start table); none here."""
+        return {}
+
+    def config_overrides(self) -> dict[str, Any]:
+        """The ModelConfig fields the special ids need: the vocabulary that covers them and the pad id."""
+        return {"vocab_size": self.special.vocab_size, "pad_token_id": self.special.pad}
 
     @property
     def special(self) -> SpecialIds:
-        """The special ids; raises `ConfigError` before `configure`."""
+        """The special ids; raises `ConfigError` on an unbound objective."""
         if self.ids is None:
-            raise ConfigError(f"objective {self.name!r}: call task.configure(dataset, tokenizer) first, "
-                              "then build the model config with the overrides it returns")
+            raise ConfigError(f"objective {self.name!r} is not bound to data: use objective.bind(dataset, "
+                              "tokenizer).objective, and build the model config with the overrides it returns")
         return self.ids
 
-    def check_config(self, cfg: ModelConfig) -> ModelConfig:
-        """Check the family and that the vocabulary covers the special ids."""
+    def build_model(self, cfg: ModelConfig) -> Model:
+        """A fresh model of `model_task`; the family and the vocabulary are checked."""
+        return build_task_model(self, cfg)
+
+    def check_model(self, model: Model) -> Model:
+        """Check the model's family and that its vocabulary covers the special ids; return it."""
+        cfg = model.cfg
         check_family(self, cfg)
         if cfg.vocab_size < self.special.vocab_size:
             raise ConfigError(f"objective {self.name!r} needs vocab_size >= {self.special.vocab_size} (the data's "
                               f"vocabulary plus {', '.join(self.special.beyond_data[:5]) or 'its special ids'}), "
                               f"got {cfg.vocab_size}")
-        return cfg
+        return model
 
     def max_tokens(self, seq_len: int) -> int:
         """Text tokens per document piece so that a built sequence fits `seq_len`."""
@@ -286,7 +297,7 @@ class DocumentTask:
     def train_loader(self, dataset: TokenDataset, batch_size: int, seq_len: int, seed: int, rank: int,
                      world_size: int) -> CollatedBatches:
         """Shuffled document pieces, collated per batch with seeds from the batch position (exact resume)."""
-        _ = self.special  # raises a clear error before configure
+        _ = self.special  # raises a clear error on an unbound objective
         docs = train_documents(dataset, batch_size, self.max_tokens(seq_len), seed, rank, world_size,
                                self.min_local)
         return CollatedBatches(docs, lambda d, s: self.collate(d, s, seq_len), seed)
@@ -314,7 +325,9 @@ class DocumentTask:
         return None
 
     def export_tokenizer(self, tokenizer: Tokenizer | None) -> Tokenizer | None:
-        """The tokenizer to save beside the exported model: it adds the special tokens the task trained with."""
-        if tokenizer is not None and (templates := self.templates(tokenizer)) is not None:
-            tokenizer.set_template(*templates)
-        return tokenizer
+        """A copy of the tokenizer that adds the special tokens the objective trained with (`templates`)."""
+        if tokenizer is None or (templates := self.templates(tokenizer)) is None:
+            return tokenizer
+        exported = tokenizer.copy()
+        exported.set_template(*templates)
+        return exported

@@ -1,20 +1,19 @@
-"""Encoder pretraining tasks: masked LM (+ next-sentence prediction) and SimCSE contrastive learning.
+"""Encoder pretraining objectives: masked LM (+ next-sentence prediction) and SimCSE contrastive learning.
 
 Every sequence is "[CLS] text [SEP]" (NSP: "[CLS] A [SEP] B [SEP]"), right-padded to the longest row
-of the batch; special ids follow the rule in `tasks_common`.
+of the batch; special ids follow the rule in `objective_common`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from lmforge.data import TokenDataset
-from lmforge.models import EncoderModel, MaskedLM, ModelConfig
+from lmforge.models import Model
 from lmforge.models.config import ConfigError
 from lmforge.objectives import (
     collate_nsp,
@@ -24,22 +23,16 @@ from lmforge.objectives import (
     masked_lm_loss,
     mean_pool,
     nsp_loss,
+    pad_batch,
     simcse_views,
     split_views,
+    word_ids_from_starts,
+    word_start_table,
 )
-from lmforge.train.tasks_common import (
-    ENCODER_ROLES,
-    Batch,
-    DocumentTask,
-    pad_rows,
-    to_device,
-    word_ids,
-    word_starts,
-)
+from lmforge.train.objective_common import ENCODER_ROLES, Batch, DocumentObjective, SpecialIds, to_device
 
 if TYPE_CHECKING:
     from lmforge.tokenizers import Tokenizer
-    from lmforge.train.tasks_common import SpecialIds
 
 
 def bert_templates(tokenizer: Tokenizer, ids: SpecialIds) -> tuple[str, str]:
@@ -49,7 +42,7 @@ def bert_templates(tokenizer: Tokenizer, ids: SpecialIds) -> tuple[str, str]:
 
 
 @dataclass
-class MaskedLMTask(DocumentTask):
+class MaskedLMObjective(DocumentObjective):
     """Masked language modelling (Devlin et al. 2019, "BERT", sec. 3.1): 15 % of tokens, 80/10/10.
 
     `whole_word` selects whole words (Cui et al. 2019) using the tokenizer's word-start markers ("##",
@@ -63,23 +56,26 @@ class MaskedLMTask(DocumentTask):
     mask_ratio: float = 0.8
     random_ratio: float = 0.1
     whole_word: bool = False
-    _starts: torch.Tensor | None = field(default=None, init=False, repr=False)
+    word_starts: torch.Tensor | None = field(default=None, repr=False)
+    """(V,) bool: which ids begin a word (whole-word masking); set by `bind`."""
 
     roles: ClassVar[dict[str, str]] = ENCODER_ROLES
     groups: ClassVar[dict[str, tuple[str, ...]]] = {"attention_mask": ("input_ids", "labels")}
+    model_task: ClassVar[str] = "masked-lm"
+    model_overrides: ClassVar[dict[str, Any]] = {"pooler": False}
+    """BERT's encoder + MLM head, no pooler: nothing would train it, and DDP needs every weight used."""
 
-    def configure(self, dataset: TokenDataset, tokenizer: Tokenizer | None = None) -> dict:
-        """Special ids ([PAD] [CLS] [SEP] [MASK], reserved when missing) and, for whole words, word starts."""
-        overrides = super().configure(dataset, tokenizer)
-        if self.whole_word:
-            if tokenizer is None:
-                raise ConfigError(f"objective {self.name!r}: whole-word masking needs the tokenizer (data.tokenizer)")
-            self._starts = word_starts(tokenizer, self.special.vocab_size)
-        return overrides
-
-    def build_model(self, cfg: ModelConfig) -> nn.Module:
-        """BERT's encoder + MLM head (no pooler: nothing would train it, and DDP needs every weight used)."""
-        return MaskedLM(self.check_config(cfg).replace(pooler=False))
+    def bound_fields(self, ids: SpecialIds, tokenizer: Tokenizer | None) -> dict[str, Any]:
+        """For whole words, the word-start table of the vocabulary (from the tokenizer's token strings)."""
+        if not self.whole_word:
+            return {}
+        if tokenizer is None:
+            raise ConfigError(f"objective {self.name!r}: whole-word masking needs the tokenizer (data.tokenizer)")
+        vocabulary = [tokenizer.id_to_token(i) or "" for i in range(ids.vocab_size)]
+        try:
+            return {"word_starts": word_start_table(vocabulary)}
+        except ValueError as err:
+            raise ConfigError(f"objective {self.name!r}: whole-word masking: {err}") from None
 
     def max_tokens(self, seq_len: int) -> int:
         """Room for [CLS] and [SEP]."""
@@ -95,7 +91,7 @@ class MaskedLMTask(DocumentTask):
         specials = torch.tensor(sorted(ids.specials))
         words = None
         if self.whole_word:
-            words = word_ids(input_ids, self._starts, torch.isin(input_ids, specials))
+            words = word_ids_from_starts(input_ids, self.word_starts, torch.isin(input_ids, specials))
         return mask_tokens(input_ids, mask_token_id=ids.mask, vocab_size=ids.vocab_size, special_ids=specials,
                            mlm_probability=self.mlm_probability, mask_ratio=self.mask_ratio,
                            random_ratio=self.random_ratio, generator=torch.Generator().manual_seed(seed),
@@ -104,7 +100,7 @@ class MaskedLMTask(DocumentTask):
     def collate(self, documents: list[list[int]], seed: int, seq_len: int) -> Batch:
         """[CLS] doc [SEP] rows, padded and masked: input_ids, attention_mask, labels (-100 off-target)."""
         ids = self.special
-        input_ids, attention_mask = pad_rows([[ids.cls, *d, ids.sep] for d in documents], ids.pad)
+        input_ids, attention_mask = pad_batch([[ids.cls, *d, ids.sep] for d in documents], ids.pad)
         masked, labels = self.mask(input_ids, seed)
         return {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
 
@@ -123,7 +119,7 @@ class MaskedLMTask(DocumentTask):
 
 
 @dataclass
-class NextSentenceTask(MaskedLMTask):
+class NextSentenceObjective(MaskedLMObjective):
     """BERT's pretraining (Devlin et al. 2019, sec. 3.1): masked LM + next-sentence prediction.
 
     Each document piece is cut at a random point into segments A and B; half of the pairs keep B
@@ -136,10 +132,9 @@ class NextSentenceTask(MaskedLMTask):
 
     groups: ClassVar[dict[str, tuple[str, ...]]] = {"attention_mask": ("input_ids", "token_type_ids", "labels")}
     min_local: ClassVar[int] = 2
-
-    def build_model(self, cfg: ModelConfig) -> nn.Module:
-        """BERT's encoder with MLM head, pooler and NSP head (`BertForPreTraining`)."""
-        return MaskedLM(self.check_config(cfg), nsp=True)
+    model_kwargs: ClassVar[dict[str, Any]] = {"nsp": True}
+    model_overrides: ClassVar[dict[str, Any]] = {"pooler": True}
+    """BERT's encoder with MLM head, pooler and NSP head (`BertForPreTraining`)."""
 
     def max_tokens(self, seq_len: int) -> int:
         """Room for [CLS] and two [SEP]."""
@@ -178,7 +173,7 @@ class NextSentenceTask(MaskedLMTask):
 
 
 @dataclass
-class ContrastiveTask(DocumentTask):
+class ContrastiveObjective(DocumentObjective):
     """Unsupervised SimCSE (Gao et al. 2021): each sequence twice with dropout on, InfoNCE over the batch.
 
     Embeddings are mean-pooled over real tokens; the negatives of a sequence are the other sequences of
@@ -191,14 +186,17 @@ class ContrastiveTask(DocumentTask):
 
     roles: ClassVar[dict[str, str]] = {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]"}
     min_local: ClassVar[int] = 2
+    model_task: ClassVar[str] = "encoder"
+    model_overrides: ClassVar[dict[str, Any]] = {"pooler": False}
+    """A bare encoder (`BertModel`)."""
 
-    def build_model(self, cfg: ModelConfig) -> nn.Module:
-        """A bare encoder (`BertModel`); needs dropout, the only "augmentation" of unsupervised SimCSE."""
-        self.check_config(cfg)
-        if cfg.dropout <= 0:
+    def check_model(self, model: Model) -> Model:
+        """An encoder with dropout, the only "augmentation" of unsupervised SimCSE."""
+        super().check_model(model)
+        if model.cfg.dropout <= 0:
             raise ConfigError(f"objective {self.name!r} (SimCSE) makes its two views with dropout, but the model "
                               "has dropout 0: set model.overrides.dropout (SimCSE uses 0.1)")
-        return EncoderModel(cfg.replace(pooler=False))
+        return model
 
     def max_tokens(self, seq_len: int) -> int:
         """Room for [CLS] and [SEP]."""
@@ -211,7 +209,7 @@ class ContrastiveTask(DocumentTask):
     def collate(self, documents: list[list[int]], seed: int, seq_len: int) -> Batch:
         """[CLS] doc [SEP] rows, padded: input_ids, attention_mask, and the batch's seed (for validation dropout)."""
         ids = self.special
-        input_ids, attention_mask = pad_rows([[ids.cls, *d, ids.sep] for d in documents], ids.pad)
+        input_ids, attention_mask = pad_batch([[ids.cls, *d, ids.sep] for d in documents], ids.pad)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "seed": seed}
 
     def num_tokens(self, batch: Batch) -> int:
