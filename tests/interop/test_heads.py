@@ -147,6 +147,6 @@ def test_decoder_classifier_with_a_bias_is_not_saved_without_it(family, tmp_path
     """transformers' `score` has no bias: saving one would drop it silently, so it is an error."""
     model = build_model(get_preset(PRESETS[family], **TINY, sequence_classifier_bias=True),
                         task="sequence-classification")
-    with pytest.raises(ConfigError, match=r"has no place for head\.proj\.bias"):
+    with pytest.raises(ConfigError, match=r"has no place for .*head\.proj\.bias"):
         save_pretrained(model, tmp_path)
     assert not (tmp_path / "model.safetensors").exists()

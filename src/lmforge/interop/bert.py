@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.interop.mapping import Head, Rule, head_rules, linear, norm, num_labels_of
+from lmforge.interop.mapping import Head, Rule, head_rules, label_fields, linear, norm
 from lmforge.models.config import ConfigError, ModelConfig
 from lmforge.models.presets import BERT
 
@@ -35,7 +35,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         "n_heads": hf["num_attention_heads"], "d_ff": hf["intermediate_size"],
         "max_seq_len": hf.get("max_position_embeddings", 512), "type_vocab_size": hf.get("type_vocab_size", 2),
         "norm_eps": hf.get("layer_norm_eps", 1e-12), "activation": ACTIVATIONS[act],
-        "pad_token_id": hf.get("pad_token_id", 0), "num_labels": num_labels_of(hf),
+        "pad_token_id": hf.get("pad_token_id", 0), **label_fields(hf),
         "sequence_classifier_bias": HEADS["sequence-classification"].bias,
     })
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.interop.mapping import Head, Rule, head_rules, linear, norm, num_labels_of
+from lmforge.interop.mapping import Head, Rule, head_rules, label_fields, linear, norm
 from lmforge.models.config import ConfigError, ModelConfig
 from lmforge.models.presets import GPT2
 
@@ -36,7 +36,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         "norm_eps": hf.get("layer_norm_epsilon", 1e-5), "activation": ACTIVATIONS[act],
         "tie_embeddings": hf.get("tie_word_embeddings", True),
         "bos_token_id": hf.get("bos_token_id"), "eos_token_id": hf.get("eos_token_id"),
-        "pad_token_id": hf.get("pad_token_id"), "num_labels": num_labels_of(hf),
+        "pad_token_id": hf.get("pad_token_id"), **label_fields(hf),
         "sequence_classifier_bias": HEADS["sequence-classification"].bias,
         "attn_scale": None if hf.get("scale_attn_weights", True) else 1.0,
     })

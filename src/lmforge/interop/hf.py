@@ -225,6 +225,11 @@ def hf_architecture(model: Model) -> str:
     return names[task]
 
 
+def label_names(cfg: ModelConfig) -> list[str]:
+    """The class names of a classifier: `cfg.labels`, or transformers' LABEL_0, LABEL_1, ..."""
+    return list(cfg.labels) if cfg.labels else [f"LABEL_{i}" for i in range(cfg.num_labels)]
+
+
 def save_pretrained(model: Model, path: str | os.PathLike) -> Path:
     """Write `config.json` + `model.safetensors` that `transformers` loads unchanged (atomically)."""
     cfg = model.cfg
@@ -234,17 +239,15 @@ def save_pretrained(model: Model, path: str | os.PathLike) -> Path:
     hf_config = fam.config_to_hf(cfg, arch)
     hf_config["dtype"] = str(model.dtype).removeprefix("torch.")
     if task in ("sequence-classification", "token-classification"):
-        n = cfg.num_labels
-        hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
-        hf_config["label2id"] = {f"LABEL_{i}": i for i in range(n)}
+        names = label_names(cfg)
+        hf_config["id2label"] = {str(i): name for i, name in enumerate(names)}
+        hf_config["label2id"] = {name: i for i, name in enumerate(names)}
     state = {k: v for k, v in model.state_dict().items() if not model.is_tied(k)}
-    rules = fam.rules(cfg, task)
-    unmapped = sorted(set(state) - {r.ours for r in rules})
-    if unmapped:  # never drop a tensor silently (a wrapper, a head bias transformers does not have)
-        raise ConfigError(f"{arch} has no place for {', '.join(unmapped[:8])}"
-                          + (f" (and {len(unmapped) - 8} more)" if len(unmapped) > 8 else "")
-                          + "; this model cannot be saved in the Hugging Face format")
-    theirs = to_theirs(rules, state)
+    try:  # never drop a tensor silently (a wrapper, a head bias transformers does not have)
+        theirs = to_theirs(fam.rules(cfg, task), state)
+    except ConfigError as err:
+        raise ConfigError(f"{arch} has no place for some tensors ({err}); this model cannot be saved in the "
+                          "Hugging Face format") from None
     if arch in ("BertModel",):  # bare bodies carry no base prefix
         theirs = {k.removeprefix(fam.PREFIX): v for k, v in theirs.items()}
     folder = Path(path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.interop.mapping import Head, Rule, head_rules, linear, norm, num_labels_of
+from lmforge.interop.mapping import Head, Rule, head_rules, label_fields, linear, norm
 from lmforge.models.config import ConfigError, ModelConfig
 from lmforge.models.presets import LLAMA
 
@@ -59,7 +59,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         "ffn_bias": bool(hf.get("mlp_bias", False)), "tie_embeddings": hf.get("tie_word_embeddings", False),
         "bos_token_id": hf.get("bos_token_id"), "eos_token_id": eos[0] if isinstance(eos, list) else eos,
         "pad_token_id": hf.get("pad_token_id"), "attn_dropout": hf.get("attention_dropout", 0.0),
-        "num_labels": num_labels_of(hf), "sequence_classifier_bias": HEADS["sequence-classification"].bias,
+        **label_fields(hf), "sequence_classifier_bias": HEADS["sequence-classification"].bias,
         "extra": {"model_type": model_type},
     })
 

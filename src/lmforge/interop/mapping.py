@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import torch
 
+from lmforge.models.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -58,6 +60,18 @@ def num_labels_of(hf: dict) -> int:
     return len(hf.get("id2label") or {}) or hf.get("num_labels") or 2
 
 
+def labels_of(hf: dict) -> list[str] | None:
+    """The class names of an HF config's `id2label`, in id order; None when they are transformers' LABEL_i."""
+    id2label = hf.get("id2label") or {}
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    return None if names == [f"LABEL_{i}" for i in range(len(names))] else names or None
+
+
+def label_fields(hf: dict) -> dict:
+    """The ModelConfig fields an HF config's labels give: num_labels and (named) labels."""
+    return {"num_labels": num_labels_of(hf), "labels": labels_of(hf)}
+
+
 def to_ours(rules: list[Rule], theirs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Apply rules to a Hugging Face state dict (entries whose source is absent are left out)."""
     out = {}
@@ -76,7 +90,15 @@ def to_ours(rules: list[Rule], theirs: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 def to_theirs(rules: list[Rule], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Invert the rules: an lmforge state dict -> Hugging Face names (fused parts concatenated)."""
+    """Invert the rules: an lmforge state dict -> Hugging Face names (fused parts concatenated).
+
+    A tensor no rule maps is an error naming it: a wrapper's tensors (an adapter, a quantized layer) or a
+    head the target class lacks would otherwise vanish from the written checkpoint.
+    """
+    unmapped = sorted(set(ours) - {r.ours for r in rules})
+    if unmapped:
+        raise ConfigError(f"no Hugging Face name for {', '.join(unmapped[:8])}"
+                          + (f" (and {len(unmapped) - 8} more)" if len(unmapped) > 8 else ""))
     groups: dict[str, list[Rule]] = {}
     for r in rules:
         if r.ours in ours:

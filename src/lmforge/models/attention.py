@@ -66,9 +66,11 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, d_kv, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(d_inner, cfg.d_model, bias=cfg.out_bias)
 
-    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        # The head count follows from the width, so a projection split across tensor-parallel ranks
+        # (each rank holding some of the heads) needs no other change here.
         b, t, _ = x.shape
-        return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        return x.view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
     def forward(
         self,
@@ -82,13 +84,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, d) -> (B, T, d). `mask` is boolean (True = attend), broadcastable to (B, H, T, S)."""
         b, t, _ = x.shape
-        q = self._heads(self.q_proj(x), self.n_heads)
+        q = self._heads(self.q_proj(x))
         if self.cross and cache is not None and cache.length:
             k, v = cache.k, cache.v  # encoder keys/values, computed on the first step
         else:
             src = x if kv_input is None else kv_input
-            k = self._heads(self.k_proj(src), self.n_kv_heads)
-            v = self._heads(self.v_proj(src), self.n_kv_heads)
+            k = self._heads(self.k_proj(src))
+            v = self._heads(self.v_proj(src))
             if rope is not None:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:
@@ -97,17 +99,17 @@ class Attention(nn.Module):
                 else:
                     k, v = cache.update(k, v)
         extra = {}
-        if self.n_kv_heads != self.n_heads:
+        if k.shape[1] != q.shape[1]:  # grouped-query / multi-query
             if _SDPA_GQA:
                 extra["enable_gqa"] = True
             else:
-                rep = self.n_heads // self.n_kv_heads
+                rep = q.shape[1] // k.shape[1]
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
             dropout_p=self.dropout if self.training else 0.0, scale=self.scale, **extra,
         )  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
 def attention_mask(

@@ -92,6 +92,11 @@ class ModelConfig:
     """MLM head = dense + act + norm before the (tied) decoder, as in BERT."""
     num_labels: int = 2
     """Outputs of classification heads."""
+    labels: list[str] | None = None
+    """Names of the classes in id order (saved as Hugging Face's `id2label`); None: LABEL_0, LABEL_1, ..."""
+    pooling: Literal["first", "last", "mean"] | None = None
+    """How a sequence classifier pools the hidden states: first token, last real token or mean over real
+    tokens; None: first for encoders (BERT's [CLS]), last for decoders (as transformers does)."""
     sequence_classifier_bias: bool = True
     """A bias on the sequence-classification head (BERT's `classifier`); GPT-2's and LLaMA's `score` has none."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +145,12 @@ class ModelConfig:
             problems.append(f"sliding_window={self.sliding_window} must be positive")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attn_dropout < 1.0:
             problems.append("dropout and attn_dropout must be in [0, 1)")
+        if not isinstance(self.num_labels, int) or self.num_labels <= 0:
+            problems.append(f"num_labels={self.num_labels!r} must be a positive integer")
+        if self.labels is not None and len(self.labels) != self.num_labels:
+            problems.append(f"labels has {len(self.labels)} names but num_labels={self.num_labels}")
+        if self.pooling not in (None, "first", "last", "mean"):
+            problems.append(f"pooling={self.pooling!r} is not one of first, last, mean (or null)")
         if problems:
             raise ConfigError("invalid ModelConfig: " + "; ".join(problems))
 

@@ -249,9 +249,9 @@ class SequenceClassifier(Model):
 
     def __init__(self, cfg: ModelConfig, num_labels: int | None = None, pooling: str | None = None) -> None:
         super().__init__()
-        self.cfg = cfg = _with_labels(cfg, num_labels)
+        self.cfg = cfg = _with_labels(cfg, num_labels, pooling=pooling)
         self.body = Transformer(cfg)
-        self.pooling = pooling or ("last" if cfg.family == "decoder" else "first")
+        self.pooling = cfg.pooling or ("last" if cfg.family == "decoder" else "first")
         self.pooler = Pooler(cfg) if cfg.pooler and cfg.family == "encoder" else None
         self.head = ClassificationHead(cfg)
         self.init_weights()
@@ -301,9 +301,13 @@ def _hidden(body: Transformer, input_ids, attention_mask, token_type_ids) -> tor
     raise ConfigError("classification heads on encoder-decoders are not supported yet: use the encoder")
 
 
-def _with_labels(cfg: ModelConfig, num_labels: int | None) -> ModelConfig:
-    """The config with `num_labels` set, so the label count is saved with the model."""
-    return cfg if num_labels is None or num_labels == cfg.num_labels else cfg.replace(num_labels=num_labels)
+def _with_labels(cfg: ModelConfig, num_labels: int | None, **fields) -> ModelConfig:
+    """The config with the head's arguments written into it, so they are saved with the model: `cfg` is
+    the one source of truth (label names are dropped when the count changes)."""
+    changes = {k: v for k, v in fields.items() if v is not None and getattr(cfg, k) != v}
+    if num_labels is not None and num_labels != cfg.num_labels:
+        changes.update(num_labels=num_labels, labels=None)
+    return cfg.replace(**changes) if changes else cfg
 
 
 def _require(cfg: ModelConfig, family: str, cls: str) -> None:
