@@ -54,20 +54,3 @@ def test_a_run_logs_the_precision_that_ran_and_its_mfu_against_that_peak(tiny_da
     printed = capsys.readouterr().out
     assert f"precision {expected} (auto: " in printed  # the start line says which precision and why
     assert "step 2: val_loss" in printed and "done: step 2" in printed  # even with progress off
-
-
-def test_demo_calibrates_in_the_precision_that_will_train(monkeypatch):
-    from lmforge.train.demo import calibrate_steps
-
-    seen = []
-    real = precision.autocast
-    monkeypatch.setattr(precision, "autocast", lambda p, device: seen.append(p) or real("fp32", device))
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    model = build_model(get_preset("llama-tiny", vocab_size=64, **TINY_MODEL))
-    assert calibrate_steps(model, 2, 8, minutes=0.01) >= 20
-    assert seen and set(seen) == {"bf16"}
-    seen.clear()
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    calibrate_steps(model, 2, 8, minutes=0.01)
-    assert set(seen) == {"fp32"}
-

@@ -7,7 +7,7 @@ from typing import Literal
 from lmforge.train.config import DataSpec, ModelSpec, TrainConfig
 
 Objective = Literal["clm", "mlm", "mlm-wwm", "mlm-nsp", "rtd", "span", "contrastive"]
-# Defaults for the signature (jsonargparse builds fresh objects from them; they are never mutated).
+# Defaults for the signature: frozen dataclasses, so sharing them is safe.
 DEFAULT_MODEL, DEFAULT_TRAIN = ModelSpec(), TrainConfig()
 
 

@@ -1,4 +1,9 @@
-"""Run configuration: dataclasses whose fields are the YAML keys and the command-line flags."""
+"""Run configuration: dataclasses whose fields are the YAML keys and the command-line flags.
+
+They are frozen (no field can be reassigned; derive a changed copy with `dataclasses.replace`), and
+nothing in lmforge mutates their dict and list fields, so the default instances the command line's
+signatures need can be shared between calls.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSpec:
     """Which model to train: a preset (random initialisation) or a checkpoint to continue from."""
 
@@ -22,7 +27,7 @@ class ModelSpec:
     checkpoint lacks are initialised (and the log says so); the data must use the checkpoint's tokenizer."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataSpec:
     """Where the tokens come from."""
 
@@ -32,7 +37,7 @@ class DataSpec:
     """The tokenizer folder the data was prepared with (checked against the manifest fingerprint)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """How to train."""
 

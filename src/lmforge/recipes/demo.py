@@ -1,4 +1,5 @@
-"""The main job on the embedded default corpus: tokenizer -> shards -> tiny LLaMA vs Kneser-Ney.
+"""The demo: a tour of the model library, then the main job on the embedded default corpus
+(tokenizer -> shards -> tiny LLaMA vs Kneser-Ney).
 
 Everything runs offline from the assets `make assets` fetched. Both perplexities are measured on
 exactly the same validation targets: every token of the validation stream but the first.
@@ -103,9 +104,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     docs = [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines()]
     _stage(f"default corpus: {len(docs):,} documents, {corpus.stat().st_size / 1e6:.1f} MB ({corpus})", start)
 
-    text = out / "corpus.txt"
-    text.write_text("\n".join(docs) + "\n", encoding="utf-8")
-    tok = train_tokenizer([text], kind="bpe", vocab_size=cfg.vocab_size, special_tokens="gpt", show_progress=False)
+    tok = train_tokenizer([corpus], kind="bpe", vocab_size=cfg.vocab_size, special_tokens="gpt", show_progress=False)
     tok.save(out / "tokenizer")
     tok = Tokenizer.from_pretrained(out / "tokenizer")
     _stage(f"byte-level BPE tokenizer trained: {tok.vocab_size:,} ids", start)
@@ -192,3 +191,45 @@ def _check_transformers_loads(folder: Path, val_ds) -> bool:
     ours = load_pretrained(folder)
     with torch.no_grad():
         return bool((hf(ids).logits - ours(ids)).abs().max() < 1e-4)
+
+
+def show_models(skip_minilm: bool = False) -> None:
+    """Build every preset and print its size; embed sentences with the real MiniLM checkpoint."""
+    import torch
+
+    from lmforge.models import PRESETS, build_model
+
+    torch.manual_seed(0)
+    print("Presets (built on the meta device, so even llama-7b costs no memory):")
+    print(f"  {'preset':18s} {'family':16s} {'parameters':>15s} {'GFLOP/token':>12s}")
+    for name in PRESETS:
+        with torch.device("meta"):
+            model = build_model(name)
+        print(f"  {name:18s} {model.cfg.family:16s} {model.num_parameters():>15,d} "
+              f"{model.flops_per_token(512) / 1e9:>12.3f}")
+    if skip_minilm:
+        return
+    from lmforge.interop import load_pretrained
+    from lmforge.tokenizers import Tokenizer
+
+    start = time.perf_counter()
+    model = load_pretrained("all-minilm-l6-v2")
+    from lmforge.assets import minilm_dir
+
+    tok = Tokenizer.from_pretrained(minilm_dir())
+    sentences = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The stock market fell sharply today.",
+        "今天天气真好。",
+        "今天的天气很不错。",
+    ]
+    batch = tok(sentences, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        emb = model.embed_sentences(batch["input_ids"], batch["attention_mask"])
+    print(f"\nall-MiniLM-L6-v2 ({model.num_parameters():,} parameters, loaded and run in "
+          f"{time.perf_counter() - start:.1f} s): cosine similarity of mean-pooled embeddings")
+    sims = emb @ emb.T
+    for i in range(len(sentences)):
+        for j in range(i + 1, len(sentences)):
+            print(f"  {float(sims[i, j]):+.3f}  {sentences[i]!r} ~ {sentences[j]!r}")
