@@ -90,3 +90,18 @@ def test_bad_arguments_raise():
         causal_lm_loss(LOGITS[:, :2], IDS)
     with pytest.raises(ValueError, match="at least 2 tokens"):
         causal_lm_loss(LOGITS[:, :1], IDS[:, :1])
+
+
+def test_pre_shifted_targets_give_the_same_loss():
+    """Packed windows arrive as (inputs, targets) cut by the loader: the one loss takes them as they are."""
+    torch.manual_seed(0)
+    window = torch.randint(0, 11, (3, 9))
+    logits = torch.randn(3, 8, 11)
+    padded = torch.cat([logits, torch.randn(3, 1, 11)], dim=1)  # a last position that predicts nothing
+    expected = causal_lm_loss(padded, window)
+    assert torch.allclose(causal_lm_loss(logits, targets=window[:, 1:]), expected)
+    for reduction in ("sum", "none"):
+        assert torch.allclose(causal_lm_loss(logits, targets=window[:, 1:], reduction=reduction),
+                              causal_lm_loss(padded, window, reduction=reduction))
+    with pytest.raises(ValueError, match="already shifted"):
+        causal_lm_loss(logits, window[:, :8], targets=window[:, 1:])

@@ -248,3 +248,14 @@ def test_rtd_resume_is_exact(tiny_data, tmp_path):
     split = loss_records(tmp_path / "split")
     assert [step for step, _ in split] == [1, 2, 3, 4, 5, 6]  # the second run went on from step 3
     assert dict(split) == losses(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("name", ["clm", "mlm", "mlm-wwm", "mlm-nsp", "rtd", "span", "contrastive"])
+def test_every_objective_has_what_the_protocol_lists(name):
+    from lmforge.train.objective import Objective
+
+    objective = get_objective(name)
+    members = [m for m in vars(Objective) if not m.startswith("_")] + list(Objective.__annotations__)
+    missing = [m for m in dict.fromkeys(members) if not hasattr(objective, m)]
+    assert not missing, f"{name} lacks {missing}"
+    assert objective.name == name

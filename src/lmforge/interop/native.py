@@ -41,8 +41,9 @@ def save_model(model: Model, path: str | os.PathLike, state_dict: dict | None = 
 
     `state_dict` replaces `model.state_dict()` (e.g. a full one gathered from FSDP shards). Every tensor
     of it is written, under its own name, whatever wraps the plain layers. With `trainable_only`, only
-    parameters with `requires_grad` are, and `base` ({"path": ..., "sha256": `weights_digest(path)`}) names
-    the checkpoint the frozen rest comes from; `load_model` reads that base first.
+    parameters with `requires_grad` are, and `base` ({"path": ..., "sha256": `weights_digest(path)`, and the
+    ModelConfig "overrides" it was loaded with}) names the checkpoint the frozen rest comes from;
+    `load_model` reads that base first.
     """
     if trainable_only and not base:
         raise ConfigError("a checkpoint of the trainable parameters only needs the base it applies to "
@@ -52,8 +53,8 @@ def save_model(model: Model, path: str | os.PathLike, state_dict: dict | None = 
     kwargs = {"nsp": True} if isinstance(model, MaskedLM) and model.nsp_head is not None else {}
     meta = {"format": "lmforge", "version": 1, "task": task_of(model), "task_kwargs": kwargs,
             "config": model.cfg.to_dict(), "tensors": "trainable" if trainable_only else "all"}
-    if base:
-        meta["base"] = {"path": str(base["path"]), "sha256": base["sha256"]}
+    if base:  # the overrides it was loaded with rebuild the same model from it (e.g. without a pooler)
+        meta["base"] = {"path": str(base["path"]), "sha256": base["sha256"], "overrides": base.get("overrides") or {}}
     state = model.state_dict() if state_dict is None else state_dict
     keep = {n for n, p in model.named_parameters() if p.requires_grad} if trainable_only else set(state)
     tensors = {name: t.contiguous() for name, t in state.items() if name in keep and not model.is_tied(name)}
@@ -129,7 +130,7 @@ def _base_state(base: dict, folder: Path, meta: dict, cfg: ModelConfig) -> dict[
     if digest != base.get("sha256"):
         raise CheckpointError(f"{folder}: its base {where} changed since this checkpoint was written (sha256 "
                               f"{digest[:12]}, expected {str(base.get('sha256'))[:12]}); restore that base")
-    return load_any(where, task=meta["task"], **meta.get("task_kwargs", {})).state_dict()
+    return load_any(where, task=meta["task"], overrides=base.get("overrides"), **meta.get("task_kwargs", {})).state_dict()
 
 
 def load_any(path: str | os.PathLike, dtype: torch.dtype = torch.float32, task: str | None = None,

@@ -31,48 +31,54 @@ class Model(nn.Module):
     body: Transformer
 
     def init_weights(self) -> None:
-        """Normal(0, init_std) weights, zero biases, unit norms; residual outputs scaled by 1/sqrt(2L) (GPT-2)."""
+        """Normal(0, init_std) weights, zero biases, unit norms; residual outputs scaled by 1/sqrt(2L) (GPT-2).
+
+        Parameters on the meta device are left alone (`materialize` initialises what a checkpoint lacks);
+        initialising them would cost nothing but a slow first trip through torch's meta kernels.
+        """
         for name, module in self.named_modules():
-            self._init_module(name, module)
+            for param_name, param in module.named_parameters(recurse=False):
+                if not param.is_meta:
+                    self._init_parameter(name, module, param_name, param)
         self.tie_weights()
 
-    def _init_module(self, name: str, module: nn.Module) -> None:
-        """Initialise the parameters `module` holds itself (not its children's)."""
+    def _init_parameter(self, name: str, module: nn.Module, param_name: str, param: torch.Tensor) -> None:
+        """Initialise one parameter that `module` (called `name`) holds itself."""
         std = self.cfg.init_std
-        if isinstance(module, nn.Linear):
+        if param_name == "bias":
+            nn.init.zeros_(param)
+        elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+            nn.init.ones_(param)
+        elif isinstance(module, nn.Linear):
             n_layers = self.cfg.n_layers + (self.cfg.n_decoder_layers if self.cfg.is_encoder_decoder else 0)
             scaled = name.endswith(("o_proj", "down_proj")) and self.cfg.norm_position == "pre"
-            nn.init.normal_(module.weight, std=std / math.sqrt(2 * n_layers) if scaled else std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+            nn.init.normal_(param, std=std / math.sqrt(2 * n_layers) if scaled else std)
         elif isinstance(module, (nn.Embedding, LearnedPositions)):
-            nn.init.normal_(module.weight, std=std)
-        elif isinstance(module, (nn.LayerNorm, RMSNorm)):
-            nn.init.ones_(module.weight)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-        else:  # bare parameters (e.g. an output bias): zeros
-            for param in module.parameters(recurse=False):
-                nn.init.zeros_(param)
+            nn.init.normal_(param, std=std)
+        else:  # other bare parameters (e.g. an output bias): zeros
+            nn.init.zeros_(param)
 
     def materialize(self, device: torch.device | str = "cpu") -> list[str]:
         """Allocate and initialise what is still on the meta device; return the names of those parameters.
 
         A model built under `torch.device("meta")` and loaded with `load_state_dict(assign=True)` holds the
         checkpoint's tensors themselves (no random init, no second copy); what the checkpoint lacked
-        (a new head) is initialised here, tied weights are tied again, and non-persistent buffers
-        (RoPE frequencies, sinusoidal tables) are recomputed.
+        (a new head) is allocated and initialised here, parameter by parameter (a tied weight next to it
+        is left alone), tied weights are tied again, and non-persistent buffers (RoPE frequencies,
+        sinusoidal tables) are recomputed.
         """
         self.tie_weights()
         fresh = []
-        for name, module in self.named_modules():
-            own = [n for n, p in module.named_parameters(recurse=False) if p.is_meta]
-            if own:
-                module.to_empty(device=device, recurse=False)
-                self._init_module(name, module)
-                fresh += [f"{name}.{n}" if name else n for n in own]
-            if any(b.is_meta for b in module.buffers(recurse=False)):
-                module.reset_buffers(device)
+        with torch.no_grad():
+            for name, module in self.named_modules():
+                for param_name, param in list(module.named_parameters(recurse=False)):
+                    if param.is_meta:
+                        new = nn.Parameter(torch.empty_like(param, device=device), requires_grad=param.requires_grad)
+                        setattr(module, param_name, new)
+                        self._init_parameter(name, module, param_name, new)
+                        fresh.append(f"{name}.{param_name}" if name else param_name)
+                if any(b.is_meta for b in module.buffers(recurse=False)):
+                    module.reset_buffers(device)
         self.tie_weights()
         return fresh
 

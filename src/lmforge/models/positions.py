@@ -40,8 +40,7 @@ class LearnedPositions(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.offset = cfg.position_offset
-        self.weight = nn.Parameter(torch.empty(cfg.max_seq_len + cfg.position_offset, cfg.d_model))
-        nn.init.normal_(self.weight, std=cfg.init_std)
+        self.weight = nn.Parameter(torch.empty(cfg.max_seq_len + cfg.position_offset, cfg.d_model))  # init_weights
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
         return nn.functional.embedding(position_ids + self.offset, self.weight)

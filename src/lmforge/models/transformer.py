@@ -15,6 +15,12 @@ from lmforge.models.norms import make_norm
 from lmforge.models.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
 
 
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """An `nn.Embedding` left uninitialised: `Model.init_weights` initialises every parameter once (and
+    skips those on the meta device, where an embedding's own random init would be a slow no-op)."""
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+
+
 @dataclass
 class Cache:
     """Per-layer KV caches of a decoder stack (and its cross-attention, for encoder-decoders)."""
@@ -48,7 +54,7 @@ class TransformerStack(nn.Module):
         elif cfg.position == "sinusoidal":
             self.positions = SinusoidalPositions(cfg)
         self.rope = RotaryEmbedding(cfg) if cfg.position == "rope" else None
-        self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.token_types = embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.embed_norm = make_norm(cfg) if cfg.embedding_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, cross_attention) for _ in range(n_layers))
@@ -123,7 +129,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.tokens = embedding(cfg.vocab_size, cfg.d_model)
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
         self.encoder = None
         self.decoder = None

@@ -165,9 +165,8 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler=None, bas
         diff = [k for k, v in meta["config"].items() if model.cfg.to_dict().get(k) != v]
         raise CheckpointError(f"{path}: checkpoint is from another model shape (differs in: {', '.join(diff)})")
     expected = set(model.state_dict())  # the module's own names (FSDP keeps them)
-    for name in expected:
-        if model.is_tied(name):  # stored once, as the token embedding
-            tensors.setdefault(name, tensors.get("body.tokens.weight"))
+    tied = {name for name in expected if model.is_tied(name)}  # stored once, as the token embedding
+    expected -= tied
     partial = meta.get("tensors") == "trainable"
     if partial:
         saved_base = meta.get("base") or {}
@@ -182,6 +181,8 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler=None, bas
         raise CheckpointError(f"{path}: does not fit the model being trained: "
                               + "; ".join([f"missing {', '.join(missing[:6])}"] * bool(missing)
                                           + [f"no place for {', '.join(unknown[:6])}"] * bool(unknown)))
+    if not partial:
+        tensors.update({name: tensors["body.tokens.weight"] for name in tied})
     set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=not partial))
     set_optimizer_state_dict(model, optimizer, trainer["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(trainer["scheduler"])

@@ -102,7 +102,7 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
 
 
 def start_model(spec: ModelSpec, binding, dataset: TokenDataset, tokenizer=None, log=None) -> tuple[Model, dict | None]:
-    """The model a run starts from, and the base reference ({"path", "sha256"}) when it is a checkpoint.
+    """The model a run starts from, and the base reference ({"path", "sha256", "overrides"}) of a checkpoint.
 
     From a preset: a fresh model whose vocabulary, pad and EOS ids come from the data and the bound
     objective. From a checkpoint: its weights as the objective's model task (a head it lacks is
@@ -129,7 +129,7 @@ def start_model(spec: ModelSpec, binding, dataset: TokenDataset, tokenizer=None,
     if log is not None:
         log(f"starting from {spec.checkpoint} as a {objective.model_task} model "
             f"({model.num_parameters():,} parameters)")
-    return objective.check_model(model), {"path": str(folder), "sha256": weights_digest(folder)}
+    return objective.check_model(model), {"path": str(folder), "sha256": weights_digest(folder), "overrides": overrides}
 
 
 def _check_tokenizer_matches(folder: Path, tokenizer, name: str) -> None:
