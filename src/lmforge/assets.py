@@ -56,3 +56,14 @@ def cached(relative: str) -> Path:
     if not path.exists():
         raise AssetMissing(f"{path} is missing: run `make assets`")
     return path
+
+
+# Real pretrained checkpoints that ship inside registry packages: a name stands for its folder wherever a
+# checkpoint or tokenizer folder is asked for (`lmforge convert`, `model.checkpoint`, `--tokenizer`).
+NAMED_CHECKPOINTS = {"all-minilm-l6-v2": minilm_dir}
+
+
+def named_folder(name: str | os.PathLike) -> Path | None:
+    """The folder of a named offline checkpoint (raises `AssetMissing` when not fetched), None for other names."""
+    getter = NAMED_CHECKPOINTS.get(str(name))
+    return getter() if getter is not None else None

@@ -35,7 +35,9 @@ def load_tokenizer(tokenizer: Any) -> Any:
         if not hasattr(tokenizer, "encode_batch"):
             raise DataError(f"expected a tokenizer or a path to one, got {type(tokenizer).__name__}")
         return tokenizer
-    path = Path(tokenizer).expanduser()
+    from lmforge.assets import named_folder
+
+    path = named_folder(tokenizer) or Path(tokenizer).expanduser()
     if not path.exists():
         raise DataError(f"tokenizer {str(tokenizer)!r}: no such file or folder; train one with "
                         f"`lmforge tokenizer train FILES --output {tokenizer}`, or pass --tokenizer FOLDER")

@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, llama, bart)
 HEAD_PREFIXES = ("lm_head.", "mlm_head.", "nsp_head.", "pooler.", "head.")
 BARE_HEAD_PREFIXES = ("lm_head.", "cls.")  # HF heads that keep their names next to a bare body
-# Real pretrained checkpoints that ship inside registry packages (fetched by `make assets`).
-NAMED_CHECKPOINTS = {"all-minilm-l6-v2": assets.minilm_dir}
 
 
 class CheckpointError(ValueError):
@@ -45,11 +43,11 @@ def family_of(model_type: str, source: str = "config.json") -> ModuleType:
 
 def resolve(path: str | os.PathLike) -> Path:
     """A checkpoint folder from a path or a named offline checkpoint (e.g. `all-minilm-l6-v2`)."""
-    if str(path) in NAMED_CHECKPOINTS:
-        return NAMED_CHECKPOINTS[str(path)]()
+    if (named := assets.named_folder(path)) is not None:
+        return named
     folder = Path(path)
     if not folder.is_dir():
-        named = ", ".join(NAMED_CHECKPOINTS)
+        named = ", ".join(assets.NAMED_CHECKPOINTS)
         raise CheckpointError(f"{folder}: not a checkpoint folder (nor a named checkpoint: {named})")
     return folder
 

@@ -84,14 +84,17 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, lowercase: bool | None = None) -> Tokenizer:
-        """Load a folder (`tokenizer.json`, or `vocab.json` + `merges.txt`, or `vocab.txt`) or a `.json` file.
+        """Load a folder (`tokenizer.json`, or `vocab.json` + `merges.txt`, or `vocab.txt`), a `.json` file, or
+        the tokenizer of a named offline checkpoint (`all-minilm-l6-v2`).
 
         `lowercase` only matters for a BERT `vocab.txt`; None reads `do_lower_case` from
         `tokenizer_config.json` and defaults to True (uncased BERT). Special-token roles, padding side
         and `model_max_length` come from `tokenizer_config.json` / `special_tokens_map.json` when the
         folder has them, else roles are guessed from the special tokens' spelling.
         """
-        path = Path(path)
+        from lmforge.assets import named_folder
+
+        path = named_folder(path) or Path(path)
         if path.is_file():
             return cls.from_file(path)
         if not path.is_dir():
