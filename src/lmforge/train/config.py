@@ -87,8 +87,13 @@ class TrainConfig:
     """Log loss, learning rate, gradient norm, tokens/s and MFU every this many steps."""
     max_bad_steps: int = 5
     """Stop with an error after this many NaN/Inf steps in a row (each is skipped)."""
-    distributed: Literal["auto", "ddp", "fsdp", "none"] = "auto"
-    """Strategy under torchrun with several processes: auto (= ddp), ddp, fsdp; none trains each process alone."""
+    distributed: Literal["auto", "ddp", "fsdp", "tp", "fsdp-tp", "none"] = "auto"
+    """Strategy under torchrun with several processes: auto (= ddp), ddp, fsdp; tp splits every layer over all
+    processes (tensor parallelism, each sees the whole batch); fsdp-tp: TP groups of `tp_size` processes, FSDP
+    over the groups (a 2-D mesh); none trains each process alone. One process ignores the strategy."""
+    tp_size: int | None = None
+    """Processes per tensor-parallel group under fsdp-tp (a divisor of the process count, e.g. the GPUs of one
+    node); under tp, null or the process count."""
     time_limit: float | None = None
     """Stop (with a checkpoint and a final evaluation) after this many minutes; None: no limit."""
     sample_every: int = 0
@@ -131,13 +136,37 @@ class TrainConfig:
             problems.append(f"train.grad_clip={self.grad_clip!r} must be >= 0 (0 disables clipping)")
         if self.time_limit is not None and not self.time_limit > 0:
             problems.append(f"train.time_limit={self.time_limit!r} must be > 0 minutes, or null")
+        # Under tensor parallelism a batch is split over the TP groups (data-parallel ranks), not the processes.
+        tp = 1
+        if world_size > 1 and self.distributed == "tp":
+            if self.tp_size not in (None, world_size):
+                problems.append(f"train.tp_size={self.tp_size} must be null or the process count {world_size} "
+                                "under train.distributed=tp (use fsdp-tp for smaller TP groups)")
+            tp = world_size
+        elif world_size > 1 and self.distributed == "fsdp-tp":
+            if self.tp_size is None:
+                problems.append("train.distributed=fsdp-tp needs train.tp_size: the processes per tensor-parallel "
+                                "group, a divisor of the process count")
+            elif not isinstance(self.tp_size, int) or self.tp_size <= 0 or world_size % self.tp_size:
+                problems.append(f"train.tp_size={self.tp_size!r} must divide the process count {world_size}")
+            else:
+                tp = self.tp_size
+        elif self.tp_size is not None and (not isinstance(self.tp_size, int) or self.tp_size <= 0):
+            problems.append(f"train.tp_size={self.tp_size!r} must be a positive integer or null")
+        if tp > 1 and model is not None:
+            for name in ("n_heads", "n_kv_heads", "d_ff"):
+                if getattr(model, name) % tp:
+                    problems.append(f"train.distributed={self.distributed} splits model.{name}="
+                                    f"{getattr(model, name)} over {tp} processes: it must be divisible by {tp}")
+        dp = world_size // tp
         if isinstance(self.batch_size, int) and self.batch_size > 0:
-            local = self.batch_size // world_size
+            local = self.batch_size // dp
             micro = self.micro_batch_size or local
-            if self.batch_size % world_size:
-                problems.append(f"train.batch_size={self.batch_size} does not split evenly over {world_size} processes")
+            if self.batch_size % dp:
+                over = f"{dp} processes" if tp == 1 else f"{dp} data-parallel groups ({world_size} processes, tp {tp})"
+                problems.append(f"train.batch_size={self.batch_size} does not split evenly over {over}")
             elif isinstance(micro, int) and micro > 0 and local % micro:
-                per = f"{local} per process" if world_size > 1 else f"{local}"
+                per = f"{local} per process" if dp > 1 else f"{local}"
                 problems.append(f"train.micro_batch_size={micro} does not divide the batch of {per}: use a divisor "
                                 f"of it, e.g. {max(d for d in range(1, micro + 1) if local % d == 0)}")
         if model is not None and isinstance(self.seq_len, int) and self.seq_len > model.max_seq_len:
@@ -146,8 +175,11 @@ class TrainConfig:
         if problems:
             raise ConfigError("invalid training configuration: " + "; ".join(problems))
 
-    def micro_batches(self, world_size: int = 1) -> tuple[int, int]:
-        """(micro-batch size, accumulation steps) per process and optimizer step."""
-        local = self.batch_size // world_size
+    def micro_batches(self, dp_size: int = 1) -> tuple[int, int]:
+        """(micro-batch size, accumulation steps) per data-parallel rank and optimizer step.
+
+        `dp_size` is the number of slices a batch splits into: the processes, or the tensor-parallel
+        groups (whose ranks all train on the same slice)."""
+        local = self.batch_size // dp_size
         micro = self.micro_batch_size or local
         return micro, local // micro

@@ -14,7 +14,7 @@ import torch
 from lmforge.models.config import ConfigError
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.config import TrainConfig
-from lmforge.train.distributed import DistEnv, all_reduce_mean, all_true, barrier, unwrap, wrap
+from lmforge.train.distributed import DistEnv, all_reduce_mean, all_true, barrier, unwrap, with_mesh, wrap
 from lmforge.train.metrics import MetricsLogger, matmul_peak_flops
 from lmforge.train.optim import build_optimizer, build_scheduler
 from lmforge.train.precision import autocast, describe_precision, resolve_precision
@@ -45,16 +45,17 @@ def train(model, objective, train_data, val_data, cfg: TrainConfig, run_dir: Pat
         raise ConfigError("train.checkpoint_trainable_only needs model.checkpoint: the frozen weights are read "
                           "from that checkpoint when the run resumes or is exported")
     precision = resolve_precision(cfg.precision, device)
-    micro, accum = cfg.micro_batches(env.world_size)
+    env = with_mesh(env, cfg.distributed, cfg.tp_size)  # tp / fsdp-tp: a batch splits over env.dp_size ranks
+    micro, accum = cfg.micro_batches(env.dp_size)
     raw = model.to(device)
     raw.set_gradient_checkpointing(cfg.activation_checkpointing)
-    model = wrap(raw, env, cfg.distributed)  # FSDP shards `raw` in place, so the optimizer comes after
+    model = wrap(raw, env, cfg.distributed)  # FSDP / TP split `raw` in place, so the optimizer comes after
     optimizer = build_optimizer(raw, cfg.lr, cfg.weight_decay, cfg.betas)
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                 schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
     # fp16 (GPU only) needs loss scaling; bf16 and fp32 do not.
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    loader = objective.train_loader(train_data, cfg.batch_size, cfg.seq_len, cfg.seed, env.rank, env.world_size)
+    loader = objective.train_loader(train_data, cfg.batch_size, cfg.seq_len, cfg.seed, env.dp_rank, env.dp_size)
     say = print if env.is_main else (lambda *a, **k: None)
     step, best = 0, math.inf
     if resume:
@@ -121,7 +122,7 @@ def train(model, objective, train_data, val_data, cfg: TrainConfig, run_dir: Pat
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        tokens = objective.num_tokens(batch) * env.world_size
+        tokens = objective.num_tokens(batch) * env.dp_size
         window_tokens, trained_tokens = window_tokens + tokens, trained_tokens + tokens
 
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -179,7 +180,7 @@ def evaluate(model, objective, data, cfg: TrainConfig, env: DistEnv, precision: 
     """Validation loss (mean nats per target) and perplexity over the validation split (or its first batches)."""
     model.eval()
     total, count = torch.zeros(2, dtype=torch.float64), 0
-    loader = objective.eval_loader(data, cfg.micro_batch_size or cfg.batch_size, cfg.seq_len, env.rank, env.world_size)
+    loader = objective.eval_loader(data, cfg.micro_batch_size or cfg.batch_size, cfg.seq_len, env.dp_rank, env.dp_size)
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
@@ -189,6 +190,7 @@ def evaluate(model, objective, data, cfg: TrainConfig, env: DistEnv, precision: 
         count += 1
     if env.enabled:
         torch.distributed.all_reduce(total)
+        total /= env.tp_size  # the ranks of a TP group evaluated the same batches
     val_loss = float(total[0] / total[1].clamp(min=1))
     return {"val_loss": round(val_loss, 6), "val_ppl": round(math.exp(min(val_loss, 50)), 3),
             "val_tokens": int(total[1])}
