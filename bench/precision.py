@@ -27,8 +27,7 @@ import torch
 
 def make_step(row: common.Row, model, precision: str):
     """One trainer step of `model` in `precision` on a fixed batch (CLM for decoders, 15 % MLM for encoders)."""
-    from lmforge.objectives import masked_lm_loss
-    from lmforge.objectives import causal_lm_loss
+    from lmforge.objectives import causal_lm_loss, masked_lm_loss
     from lmforge.train.optim import build_optimizer
     from lmforge.train.precision import autocast
 

@@ -220,7 +220,7 @@ class Seq2SeqLM(Model):
 
 class MaskedLMOutput(NamedTuple):
     logits: torch.Tensor
-    """(B, T, V) masked-LM logits."""
+    """(B, T, V) masked-LM logits; (N, V) at the `positions` asked for."""
     nsp_logits: torch.Tensor | None
     """(B, 2) next-sentence logits, when the model has an NSP head."""
 
@@ -239,9 +239,17 @@ class MaskedLM(Model):
         self.init_weights()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> MaskedLMOutput:
-        hidden = self.body.encode(input_ids, attention_mask, token_type_ids)
+                token_type_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> MaskedLMOutput:
+        """MLM logits at every position (B, T, V), or only at `positions` (N,), indices into the flattened
+        (B·T) positions (`lmforge.objectives.predicted_positions`): (N, V) in that order.
+
+        Training needs logits only where a token is predicted (~15 %); the head over the whole vocabulary
+        at every position would cost more than the encoder of a small BERT.
+        """
+        hidden = self.body.encode(input_ids, attention_mask, token_type_ids)  # (B, T, d)
         nsp = self.nsp_head(self.pooler(hidden)) if self.nsp_head is not None else None
+        if positions is not None:
+            hidden = hidden.flatten(0, 1)[positions]  # (N, d)
         return MaskedLMOutput(self.mlm_head(hidden), nsp)
 
 

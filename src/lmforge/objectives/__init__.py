@@ -19,6 +19,7 @@ from .electra import (
 from .mlm import (
     mask_tokens,
     masked_lm_loss,
+    predicted_positions,
     vocabulary_style,
     word_ids_from_offsets,
     word_ids_from_starts,
@@ -58,6 +59,7 @@ __all__ = [
     "nsp_loss",
     "num_predicted_tokens",
     "pad_batch",
+    "predicted_positions",
     "random_spans_noise_mask",
     "raw_length_for_input_length",
     "replaced_token_detection_loss",

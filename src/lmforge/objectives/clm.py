@@ -63,6 +63,7 @@ def causal_lm_loss(
     loss_mask: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
+    overwrite_logits: bool = False,
 ) -> torch.Tensor:
     """Next-token cross-entropy of `logits` (B, T, V) (Radford et al. 2018): the one causal-LM loss.
 
@@ -72,14 +73,20 @@ def causal_lm_loss(
     logits position (packed windows whose loader cut inputs and targets apart). "mean" averages over
     predicted tokens (not over sequences) and is 0 when none are predicted; "sum" adds them (divide by
     `num_predicted_tokens` over all micro-batches); "none" returns per-target losses, 0 where ignored.
+    `overwrite_logits=True` lets the loss keep its gradient in the logits' memory (a trainer whose logits
+    are read by nothing else; see `chunked_cross_entropy`).
     """
     if targets is not None:
         if input_ids is not None or labels is not None or loss_mask is not None:
             raise ValueError("targets are already shifted: give them alone, not with input_ids, labels or loss_mask")
-        return token_cross_entropy(logits, targets, ignore_index, reduction)
+        return token_cross_entropy(logits, targets, ignore_index, reduction, overwrite_logits=overwrite_logits)
     targets = causal_lm_targets(input_ids, labels=labels, loss_mask=loss_mask, ignore_index=ignore_index)
     if logits.shape[:-1] != targets.shape[:-1] + (targets.shape[-1] + 1,):
         raise ValueError(
             f"logits {tuple(logits.shape)} do not match ids of shape (..., {targets.shape[-1] + 1})"
         )
-    return token_cross_entropy(logits[..., :-1, :], targets, ignore_index, reduction)  # logits (B, T-1, V)
+    if reduction == "none":
+        return token_cross_entropy(logits[..., :-1, :], targets, ignore_index, reduction)  # (B, T-1)
+    # The last position predicts nothing: an ignored target there, instead of a copy of the logits without it.
+    padded = torch.nn.functional.pad(targets, (0, 1), value=ignore_index)  # (B, T)
+    return token_cross_entropy(logits, padded, ignore_index, reduction, overwrite_logits=overwrite_logits)

@@ -160,8 +160,21 @@ def masked_lm_loss(
     """Cross-entropy at the selected positions only (Devlin et al. 2019, sec. 3.1); logits (B, T, V), no shift.
 
     "mean" averages over selected tokens (0 when none), "sum" adds them, "none" gives (B, T) losses.
+    Logits computed at the selected positions only, (N, V) with labels (N,) (see `predicted_positions`),
+    give the same loss.
     """
     return token_cross_entropy(logits, labels, ignore_index, reduction)
+
+
+def predicted_positions(labels: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, targets): indices (N,) into the flattened labels of the N predicted tokens, and their labels.
+
+    `MaskedLM(..., positions=positions)` computes the head's logits there only; `masked_lm_loss` of those
+    (N, V) logits against `targets` equals the loss of the full (B, T, V) logits against `labels`.
+    """
+    flat = labels.reshape(-1)
+    positions = (flat != ignore_index).nonzero().squeeze(1)  # (N,)
+    return positions, flat[positions]
 
 
 def _starts_word(token: str, style: str) -> bool:

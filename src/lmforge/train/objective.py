@@ -134,7 +134,8 @@ class CausalLMObjective:
     def loss(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict]:
         """Mean next-token cross-entropy of a micro-batch (the loader has shifted the targets)."""
         inputs, targets = (t.to(device, non_blocking=True) for t in batch)
-        return causal_lm_loss(model(inputs), targets=targets), {}
+        # Nothing reads the logits after the loss: it keeps its gradient in their memory.
+        return causal_lm_loss(model(inputs), targets=targets, overwrite_logits=True), {}
 
     @torch.no_grad()
     def eval_sums(self, model: nn.Module, batch, device: torch.device) -> tuple[float, int]:

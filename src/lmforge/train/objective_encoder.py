@@ -24,6 +24,7 @@ from lmforge.objectives import (
     mean_pool,
     nsp_loss,
     pad_batch,
+    predicted_positions,
     simcse_views,
     split_views,
     word_ids_from_starts,
@@ -104,18 +105,22 @@ class MaskedLMObjective(DocumentObjective):
         masked, labels = self.mask(input_ids, seed)
         return {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
 
+    def _forward(self, model: nn.Module, b: Batch, positions: torch.Tensor):
+        return model(b["input_ids"], b["attention_mask"], positions=positions)
+
     def loss(self, model: nn.Module, batch: Batch, device: torch.device) -> tuple[torch.Tensor, dict]:
-        """Mean cross-entropy over the masked tokens of a micro-batch."""
+        """Mean cross-entropy over the masked tokens of a micro-batch (the head runs at those tokens only)."""
         b = to_device(batch, device)
-        out = model(b["input_ids"], b["attention_mask"])
-        return masked_lm_loss(out.logits, b["labels"]), {}
+        positions, targets = predicted_positions(b["labels"])
+        return masked_lm_loss(self._forward(model, b, positions).logits, targets), {}
 
     @torch.no_grad()
     def eval_sums(self, model: nn.Module, batch: Batch, device: torch.device) -> tuple[float, int]:
         """(summed MLM loss in nats, number of masked tokens) of an evaluation batch."""
         b = to_device(batch, device)
-        out = model(b["input_ids"], b["attention_mask"])
-        return float(masked_lm_loss(out.logits, b["labels"], reduction="sum")), int((b["labels"] != -100).sum())
+        positions, targets = predicted_positions(b["labels"])
+        loss = masked_lm_loss(self._forward(model, b, positions).logits, targets, reduction="sum")
+        return float(loss), targets.numel()
 
 
 @dataclass
@@ -154,22 +159,16 @@ class NextSentenceObjective(MaskedLMObjective):
         batch["input_ids"], batch["labels"] = self.mask(batch["input_ids"], seed)
         return batch
 
-    def _forward(self, model: nn.Module, b: Batch):
-        return model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    def _forward(self, model: nn.Module, b: Batch, positions: torch.Tensor):
+        return model(b["input_ids"], b["attention_mask"], b["token_type_ids"], positions=positions)
 
     def loss(self, model: nn.Module, batch: Batch, device: torch.device) -> tuple[torch.Tensor, dict]:
         """MLM cross-entropy over masked tokens + NSP cross-entropy over pairs, of a micro-batch."""
         b = to_device(batch, device)
-        out = self._forward(model, b)
-        mlm, nsp = masked_lm_loss(out.logits, b["labels"]), nsp_loss(out.nsp_logits, b["next_sentence_label"])
+        positions, targets = predicted_positions(b["labels"])
+        out = self._forward(model, b, positions)
+        mlm, nsp = masked_lm_loss(out.logits, targets), nsp_loss(out.nsp_logits, b["next_sentence_label"])
         return mlm + nsp, {"mlm": mlm.detach(), "nsp": nsp.detach()}
-
-    @torch.no_grad()
-    def eval_sums(self, model: nn.Module, batch: Batch, device: torch.device) -> tuple[float, int]:
-        """(summed MLM loss in nats, number of masked tokens) of an evaluation batch."""
-        b = to_device(batch, device)
-        out = self._forward(model, b)
-        return float(masked_lm_loss(out.logits, b["labels"], reduction="sum")), int((b["labels"] != -100).sum())
 
 
 @dataclass
