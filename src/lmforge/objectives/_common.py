@@ -50,6 +50,9 @@ def token_cross_entropy(
             return per_token.view(targets.shape)
         total = per_token.sum()
         return total if reduction == "sum" else total / (flat_targets != ignore_index).sum().clamp(min=1)
+    # Writing the gradient into a view would corrupt autograd's bookkeeping (e.g. logits gathered by a
+    # tensor-parallel head come out as a view): only logits that own their memory are overwritten.
+    overwrite_logits = overwrite_logits and logits._base is None
     counted = flat_targets != ignore_index
     weight = counted.to(torch.promote_types(logits.dtype, torch.float32))
     if reduction == "mean":
