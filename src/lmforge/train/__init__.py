@@ -1,4 +1,4 @@
-"""The pretraining engine: tasks, the training loop, checkpoints, distributed setup.
+"""The training engine: objectives, the training loop, the job, checkpoints, distributed setup.
 
 The names below are imported on first use (PEP 562), so that `lmforge.train.config` and the
 command line can be imported without importing torch.

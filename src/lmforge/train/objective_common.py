@@ -1,4 +1,4 @@
-"""What the document-based pretraining tasks share: special ids, seeded collated batches, micro-batches.
+"""What the document-based pretraining objectives share: special ids, seeded collated batches, micro-batches.
 
 Special ids. MLM needs [MASK], NSP [CLS] and [SEP], span corruption sentinels <extra_id_0..99>, and
 every padded batch a pad id. The rule (`resolve_special_ids`): a role the tokenizer already has
@@ -70,7 +70,7 @@ def build_task_model(objective, cfg: ModelConfig) -> Model:
 
 @dataclass(frozen=True)
 class SpecialIds:
-    """The ids a task builds its inputs with, and the vocabulary size the model needs for them."""
+    """The ids an objective builds its inputs with, and the vocabulary size the model needs for them."""
 
     vocab_size: int
     eos: int
@@ -82,7 +82,7 @@ class SpecialIds:
     specials: frozenset[int] = field(default_factory=frozenset)
     """Every special id: never masked, never drawn as a random replacement."""
     beyond_data: tuple[str, ...] = ()
-    """Tokens whose ids lie after the data's vocabulary (reserved by a task)."""
+    """Tokens whose ids lie after the data's vocabulary (reserved by an objective)."""
 
 
 def resolve_special_ids(dataset: TokenDataset, tokenizer: Tokenizer | None, roles: dict[str, str],

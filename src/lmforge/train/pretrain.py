@@ -53,7 +53,8 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
         train_data = TokenDataset(data.path, "train", tokenizer)
         val_data = TokenDataset(data.path, "val", tokenizer)
         binding = unbound.bind(train_data, tokenizer)  # special ids; the tokenizer copy that names them
-        net, base = start_model(model, binding, train_data, tokenizer, log=print if env.is_main else None)
+        net, base = start_model(model, binding, train_data, tokenizer, log=print if env.is_main else None,
+                                digest=train_cfg.checkpoint_trainable_only)
         train_cfg.validate(env.world_size, net.cfg)
         name = model.checkpoint or model.preset
         if env.is_main:
@@ -101,12 +102,15 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
         teardown(env)
 
 
-def start_model(spec: ModelSpec, binding, dataset: TokenDataset, tokenizer=None, log=None) -> tuple[Model, dict | None]:
+def start_model(spec: ModelSpec, binding, dataset: TokenDataset, tokenizer=None, log=None,
+                digest: bool = True) -> tuple[Model, dict | None]:
     """The model a run starts from, and the base reference ({"path", "sha256", "overrides"}) of a checkpoint.
 
     From a preset: a fresh model whose vocabulary, pad and EOS ids come from the data and the bound
     objective. From a checkpoint: its weights as the objective's model task (a head it lacks is
     initialised; the loader's warning names it), checked against the data's vocabulary and tokenizer.
+    `digest` hashes the checkpoint's weight files (what trainable-only checkpoints are checked
+    against; seconds for a multi-GB model, so only when asked); else "sha256" is None.
     """
     objective = binding.objective
     if spec.checkpoint is None:
@@ -129,7 +133,8 @@ def start_model(spec: ModelSpec, binding, dataset: TokenDataset, tokenizer=None,
     if log is not None:
         log(f"starting from {spec.checkpoint} as a {objective.model_task} model "
             f"({model.num_parameters():,} parameters)")
-    return objective.check_model(model), {"path": str(folder), "sha256": weights_digest(folder), "overrides": overrides}
+    sha256 = weights_digest(folder) if digest else None
+    return objective.check_model(model), {"path": str(folder), "sha256": sha256, "overrides": overrides}
 
 
 def _check_tokenizer_matches(folder: Path, tokenizer, name: str) -> None:
