@@ -58,12 +58,14 @@ def cached(relative: str) -> Path:
     return path
 
 
-# Real pretrained checkpoints that ship inside registry packages: a name stands for its folder wherever a
-# checkpoint or tokenizer folder is asked for (`lmforge convert`, `model.checkpoint`, `--tokenizer`).
-NAMED_CHECKPOINTS = {"all-minilm-l6-v2": minilm_dir}
+# Real pretrained checkpoints that ship inside registry packages: a name stands for its folder (for a GGUF
+# checkpoint, its one `.gguf` file) wherever a checkpoint or tokenizer is asked for (`lmforge convert`,
+# `model.checkpoint`, `--tokenizer`).
+NAMED_CHECKPOINTS = {"all-minilm-l6-v2": minilm_dir, "smollm2-135m-instruct": smollm2_gguf}
 
 
 def named_folder(name: str | os.PathLike) -> Path | None:
-    """The folder of a named offline checkpoint (raises `AssetMissing` when not fetched), None for other names."""
+    """The folder (or `.gguf` file) of a named offline checkpoint (raises `AssetMissing` when not fetched), None
+    for other names."""
     getter = NAMED_CHECKPOINTS.get(str(name))
     return getter() if getter is not None else None

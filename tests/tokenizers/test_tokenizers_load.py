@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tarfile
 
@@ -106,3 +107,24 @@ def test_gpt2_vocab_and_merges_match_transformers(gpt2_dir, sentences):
     batch = ours(sentences[:3], padding_side="left")
     assert (batch["input_ids"][:, -1] != ours.pad_id).all()  # left padding: the last column is text
     assert batch["attention_mask"].sum(1).tolist() == [len(ours.encode(t)) for t in sentences[:3]]
+
+
+def test_chat_template_round_trips(tmp_path):
+    """`chat_template` lives in tokenizer_config.json, as transformers writes it, and loads back on both sides."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers
+
+    backend = Backend(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    tok = Tokenizer(backend, {"unk": "[UNK]"}, chat_template=template)
+    folder = tok.save(tmp_path / "ours")
+    assert json.loads((folder / "tokenizer_config.json").read_text())["chat_template"] == template
+    assert Tokenizer.from_pretrained(folder).chat_template == tok.copy().chat_template == template
+    ref = transformers.AutoTokenizer.from_pretrained(folder)
+    assert ref.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<user>hi"
+    ref.save_pretrained(tmp_path / "theirs")  # recent transformers write chat_template.jinja instead
+    assert Tokenizer.from_pretrained(tmp_path / "theirs").chat_template == template
+    plain = Tokenizer(backend, {"unk": "[UNK]"})
+    assert "chat_template" not in json.loads((plain.save(tmp_path / "plain") / "tokenizer_config.json").read_text())
+    assert Tokenizer.from_pretrained(tmp_path / "plain").chat_template is None

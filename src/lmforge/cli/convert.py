@@ -1,4 +1,4 @@
-"""`lmforge convert`: between Hugging Face checkpoint folders and lmforge's own format."""
+"""`lmforge convert`: between Hugging Face checkpoint folders and lmforge's own format (also from GGUF files)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ def convert(source: str, destination: str, to: Literal["auto", "hf", "lmforge"] 
     """Convert a checkpoint folder; the tokenizer files beside the weights come along.
 
     Args:
-        source: a Hugging Face folder (config.json), an lmforge folder (lmforge.json), or a named
-            offline checkpoint such as all-minilm-l6-v2.
+        source: a Hugging Face folder (config.json), an lmforge folder (lmforge.json), a GGUF file, or a
+            named offline checkpoint such as all-minilm-l6-v2 or smollm2-135m-instruct.
         destination: the folder to write; it must be new or empty.
         to: output format; `auto` writes the other format than the source's.
         task: for Hugging Face sources, the head to load (e.g. masked-lm); default from the checkpoint.

@@ -1,5 +1,7 @@
 """Converting a checkpoint folder between the Hugging Face format and lmforge's own, tokenizer included.
 
+A GGUF file (llama.cpp's format) converts to either; its tokenizer, kept in its metadata, is written out.
+
 The destination must be empty (or new): writing one format into a folder that holds the other would
 leave `config.json` beside lmforge-named tensors, and transformers would load random weights. With
 `overwrite`, the checkpoint and tokenizer files already there are deleted first; nothing else is.
@@ -12,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+from lmforge.interop.gguf import load_gguf_tokenizer
 from lmforge.interop.hf import CheckpointError, load_pretrained, resolve, save_pretrained
 from lmforge.interop.native import CONFIG_NAME, load_model, save_model
 from lmforge.models.model import Model
@@ -26,7 +29,11 @@ CHECKPOINT_FILES = ("config.json", CONFIG_NAME, "model.safetensors", "model.safe
 
 
 def copy_tokenizer(source: Path, destination: Path) -> list[str]:
-    """Copy the tokenizer files of checkpoint folder `source` into `destination`; their names."""
+    """Copy the tokenizer files of checkpoint folder `source` into `destination` (a GGUF file's tokenizer is
+    written from its metadata); their names."""
+    if source.suffix == ".gguf":
+        load_gguf_tokenizer(source).save(destination)
+        return ["tokenizer.json", "tokenizer_config.json"]
     copied = []
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
@@ -58,7 +65,7 @@ def check_destination(destination: Path, source: Path, overwrite: bool) -> None:
 def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
                        to: Literal["auto", "hf", "lmforge"] = "auto", task: str | None = None,
                        overwrite: bool = False) -> tuple[Path, str, Model, list[str]]:
-    """Load `source` (HF folder, lmforge folder, or a named offline checkpoint), write it to `destination`.
+    """Load `source` (HF folder, lmforge folder, GGUF file, or a named offline checkpoint), write it to `destination`.
 
     Returns (destination, format written, the model, tokenizer files carried over). `task` picks the
     head of a Hugging Face source; an lmforge source has its own, and another `task` is an error.

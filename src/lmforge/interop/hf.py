@@ -42,13 +42,15 @@ def family_of(model_type: str, source: str = "config.json") -> ModuleType:
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint folder from a path or a named offline checkpoint (e.g. `all-minilm-l6-v2`)."""
+    """A checkpoint folder (or `.gguf` file) from a path or a named offline checkpoint (e.g. `all-minilm-l6-v2`)."""
     if (named := assets.named_folder(path)) is not None:
         return named
     folder = Path(path)
+    if folder.suffix == ".gguf" and folder.is_file():
+        return folder
     if not folder.is_dir():
         named = ", ".join(assets.NAMED_CHECKPOINTS)
-        raise CheckpointError(f"{folder}: not a checkpoint folder (nor a named checkpoint: {named})")
+        raise CheckpointError(f"{folder}: not a checkpoint folder nor a .gguf file (nor a named checkpoint: {named})")
     return folder
 
 
@@ -132,7 +134,7 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 def load_pretrained(path: str | os.PathLike, task: str | None = None, dtype: torch.dtype = torch.float32,
                     overrides: dict | None = None, **model_kwargs) -> Model:
-    """Build an lmforge model from a Hugging Face checkpoint folder (or a named offline checkpoint).
+    """Build an lmforge model from a Hugging Face checkpoint folder, a GGUF file or a named offline checkpoint.
 
     `task` picks the head ("causal-lm", "masked-lm", "sequence-classification", ...); by default
     the one the checkpoint's `architectures` names. `overrides` change ModelConfig fields that do not
@@ -141,6 +143,13 @@ def load_pretrained(path: str | os.PathLike, task: str | None = None, dtype: tor
     heads absent from the checkpoint are initialised, and a warning names them (and what is tied).
     """
     folder = resolve(path)
+    if folder.suffix == ".gguf":  # llama.cpp's one file holds a causal LM: config, weights and tokenizer
+        from lmforge.interop.gguf import load_gguf
+
+        if task not in (None, "causal-lm"):
+            raise CheckpointError(f"{folder}: a GGUF file loads as a causal-lm model only; for {task}, convert it "
+                                  f"first (`lmforge convert {path} OUT --to hf`) and load that folder")
+        return load_gguf(folder, dtype, overrides)
     cfg, default_task, fam = config_from_folder(folder)
     if overrides:
         try:

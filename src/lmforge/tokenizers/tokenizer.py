@@ -1,8 +1,9 @@
 """`Tokenizer`: a thin, typed wrapper around a Hugging Face `tokenizers.Tokenizer` (the Rust library).
 
 It loads the three folder layouts found in the wild (`tokenizer.json`; BERT's `vocab.txt`; GPT-2's
-`vocab.json` + `merges.txt`), knows which token plays which role (pad, bos, eos, ...), pads and
-truncates batches into tensors, and saves a folder that `transformers` loads as it is.
+`vocab.json` + `merges.txt`) and the tokenizer a GGUF file stores in its metadata, knows which token
+plays which role (pad, bos, eos, ...) and the chat template, pads and truncates batches into tensors,
+and saves a folder that `transformers` loads as it is.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
 from lmforge.tokenizers.errors import TokenizerError
@@ -53,11 +54,13 @@ class Tokenizer:
         padding_side: Literal["right", "left"] = "right",
         model_max_length: int | None = None,
         model_input_names: Sequence[str] | None = None,
+        chat_template: str | None = None,
     ) -> None:
         """Wrap `backend`; `special_tokens` maps roles ("pad", "eos", ...) to tokens, guessed when None.
 
         Padding and truncation baked into a `tokenizer.json` are switched off: this class pads and
-        truncates per call only.
+        truncates per call only. `chat_template` is the Jinja template of a chat model (transformers'
+        `chat_template`), kept and saved with the tokenizer.
         """
         backend.no_padding()
         backend.no_truncation()
@@ -79,13 +82,14 @@ class Tokenizer:
             if not bert_style:
                 model_input_names.remove("token_type_ids")
         self.model_input_names = list(model_input_names)
+        self.chat_template = chat_template
 
     # ----------------------------------------------------------------------------------- loading
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, lowercase: bool | None = None) -> Tokenizer:
-        """Load a folder (`tokenizer.json`, or `vocab.json` + `merges.txt`, or `vocab.txt`), a `.json` file, or
-        the tokenizer of a named offline checkpoint (`all-minilm-l6-v2`).
+        """Load a folder (`tokenizer.json`, or `vocab.json` + `merges.txt`, or `vocab.txt`), a `.json` file, a
+        `.gguf` file, or the tokenizer of a named offline checkpoint (`all-minilm-l6-v2`, `smollm2-135m-instruct`).
 
         `lowercase` only matters for a BERT `vocab.txt`; None reads `do_lower_case` from
         `tokenizer_config.json` and defaults to True (uncased BERT). Special-token roles, padding side
@@ -95,6 +99,8 @@ class Tokenizer:
         from lmforge.assets import named_folder
 
         path = named_folder(path) or Path(path)
+        if path.is_file() and path.suffix == ".gguf":
+            return cls.from_gguf(path)
         if path.is_file():
             return cls.from_file(path)
         if not path.is_dir():
@@ -126,6 +132,64 @@ class Tokenizer:
         return cls._with_config(_load_tokenizer_json(path), _read_config(path.parent))
 
     @classmethod
+    def from_gguf(cls, path: str | Path) -> Tokenizer:
+        """The tokenizer a GGUF file describes in its metadata (see `from_gguf_metadata`)."""
+        from lmforge.gguf_file import read_gguf
+
+        try:
+            metadata = read_gguf(path).metadata
+        except (OSError, ValueError) as err:
+            raise TokenizerError(f"{path}: not a readable GGUF file ({err})") from None
+        return cls.from_gguf_metadata(metadata, source=str(path))
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: Mapping[str, Any], source: str = "GGUF metadata") -> Tokenizer:
+        """The tokenizer that GGUF metadata describes: `tokenizer.ggml.*` and `tokenizer.chat_template`.
+
+        Only byte-level BPE (`tokenizer.ggml.model = gpt2`) is supported. Control tokens become special
+        tokens (kept whole, dropped by decode), user-defined ones plain added tokens; the text is split
+        before BPE as llama.cpp does for `tokenizer.ggml.pre`.
+        """
+        kind = metadata.get("tokenizer.ggml.model")
+        if kind != "gpt2":
+            raise TokenizerError(f"{source}: tokenizer.ggml.model={kind!r} is not supported yet "
+                                 "(supported: gpt2, byte-level BPE)")
+        tokens, merges = metadata.get("tokenizer.ggml.tokens"), metadata.get("tokenizer.ggml.merges")
+        if not tokens or merges is None:
+            raise TokenizerError(f"{source}: no tokenizer.ggml.tokens or tokenizer.ggml.merges")
+        pre = metadata.get("tokenizer.ggml.pre", "gpt2")  # older files lack it; transformers then uses GPT-2's
+        if pre not in _GGUF_PRE_TOKENIZERS:
+            raise TokenizerError(f"{source}: tokenizer.ggml.pre={pre!r} is not supported yet; "
+                                 f"supported: {', '.join(_GGUF_PRE_TOKENIZERS)}")
+        vocab = {token: i for i, token in enumerate(tokens)}
+        backend = Backend(models.BPE(vocab, [tuple(m.split(" ", 1)) for m in merges], fuse_unk=False))
+        backend.pre_tokenizer = _GGUF_PRE_TOKENIZERS[pre]()
+        backend.decoder = decoders.ByteLevel()
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+        types = metadata.get("tokenizer.ggml.token_type") or []
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                    for t, kind in zip(tokens, types) if kind == _GGUF_CONTROL])
+        backend.add_tokens([AddedToken(t, special=False, normalized=False)
+                            for t, kind in zip(tokens, types) if kind == _GGUF_USER_DEFINED])
+        roles = {}
+        for role, key in _GGUF_ROLES.items():
+            index = metadata.get(f"tokenizer.ggml.{key}")
+            if index is not None and not 0 <= index < len(tokens):
+                raise TokenizerError(f"{source}: tokenizer.ggml.{key}={index} is not a token id "
+                                     f"(0..{len(tokens) - 1})")
+            if index is not None:
+                roles[role] = tokens[index]
+        context = metadata.get(f"{metadata.get('general.architecture')}.context_length")
+        tokenizer = cls(backend, roles, model_max_length=context,
+                        chat_template=metadata.get("tokenizer.chat_template"))
+        bos = [roles["bos"]] if metadata.get("tokenizer.ggml.add_bos_token") and "bos" in roles else []
+        eos = [roles["eos"]] if metadata.get("tokenizer.ggml.add_eos_token") and "eos" in roles else []
+        if bos or eos:
+            single = " ".join([*bos, "$A", *eos])
+            tokenizer.set_template(single, " ".join([single, *bos, "$B", *eos]))
+        return tokenizer
+
+    @classmethod
     def _with_config(cls, backend: Backend, config: dict[str, Any]) -> Tokenizer:
         special = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
         roles = {}
@@ -144,6 +208,7 @@ class Tokenizer:
             padding_side=config.get("padding_side", "right"),
             model_max_length=max_length,
             model_input_names=config.get("model_input_names"),
+            chat_template=config.get("chat_template"),
         )
 
     def save(self, folder: str | Path) -> Path:
@@ -169,6 +234,8 @@ class Tokenizer:
         )
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return folder
 
@@ -327,7 +394,8 @@ class Tokenizer:
     def copy(self) -> Tokenizer:
         """An independent copy: adding tokens or setting a template on it leaves this one as it is."""
         return Tokenizer(Backend.from_str(self.to_json()), dict(self.special_tokens), padding_side=self.padding_side,
-                         model_max_length=self.model_max_length, model_input_names=list(self.model_input_names))
+                         model_max_length=self.model_max_length, model_input_names=list(self.model_input_names),
+                         chat_template=self.chat_template)
 
     def set_template(self, single: str | None, pair: str | None = None) -> None:
         """What `encode(..., add_special_tokens=True)` wraps text in, e.g. `"[CLS] $A [SEP]"` (None: nothing).
@@ -416,7 +484,11 @@ def _load_tokenizer_json(path: Path) -> Backend:
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
-    """`special_tokens_map.json` overlaid with `tokenizer_config.json`, each when present."""
+    """`special_tokens_map.json` overlaid with `tokenizer_config.json`, each when present.
+
+    The chat template is `tokenizer_config.json`'s (a string, or the one named "default" of a list), else
+    that of `chat_template.jinja` (where transformers >= 4.50 writes it).
+    """
     config: dict[str, Any] = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         path = folder / name
@@ -425,6 +497,13 @@ def _read_config(folder: Path) -> dict[str, Any]:
                 config.update(json.loads(path.read_text(encoding="utf-8")))
             except json.JSONDecodeError as err:
                 raise TokenizerError(f"{path}: not valid JSON ({err})") from None
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is None and (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    config["chat_template"] = template if isinstance(template, str) else None
     return config
 
 
@@ -458,6 +537,33 @@ def _bert_backend(vocab_txt: Path, lowercase: bool, config: dict[str, Any]) -> B
             special_tokens=[(cls, cls_id), (sep, sep_id)],
         )
     return backend
+
+
+# GGUF metadata (llama.cpp's names): token types that are added tokens, and the ids of each role's token.
+_GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4
+_GGUF_ROLES = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _digits_then_gpt2() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False)])
+
+
+def _llama3_split() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+# How text is split before BPE, by `tokenizer.ggml.pre`, as llama.cpp's `llama-vocab.cpp` splits it: GPT-2's
+# regex; StarCoder-style (SmolLM) each digit on its own first, then GPT-2's regex; LLaMA 3's regex.
+_GGUF_PRE_TOKENIZERS = {
+    "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False),
+    "smollm": _digits_then_gpt2,
+    "starcoder": _digits_then_gpt2,
+    "llama-bpe": _llama3_split,
+}
 
 
 def _gpt2_backend(vocab_json: Path, merges_txt: Path, config: dict[str, Any]) -> Backend:
