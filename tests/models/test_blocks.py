@@ -119,3 +119,25 @@ def test_kv_cache_overflow_is_a_clear_error():
     cache.update(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2))
     with pytest.raises(ValueError, match="KV cache full"):
         cache.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "gpt2-tiny", "bart-tiny"])
+def test_fused_projections_give_the_same_logits(preset):
+    from lmforge.generate import generate
+    from lmforge.models import build_model, get_preset
+
+    torch.manual_seed(0)
+    model = build_model(get_preset(preset, vocab_size=97, d_model=32, n_layers=2, n_heads=4, d_ff=64,
+                                   max_seq_len=64)).eval()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        kwargs = {"decoder_input_ids": ids[:, :5]} if preset == "bart-tiny" else {}
+        before, greedy = model(ids, **kwargs), generate(model, ids, 6)
+        n_params = model.num_parameters()
+        model.fuse_projections()
+        block = model.blocks()[0]
+        assert block.attn.qkv_proj is not None and not hasattr(block.attn, "q_proj")
+        assert (block.ffn.gate_up_proj is not None) == (preset == "llama-tiny")  # only gated FFNs have two
+        assert model.num_parameters() == n_params
+        assert torch.allclose(model(ids, **kwargs), before, atol=1e-5)
+        assert torch.equal(generate(model, ids, 6), greedy)

@@ -1,5 +1,10 @@
-"""Decoding with a KV cache: a few named functions outside the model that see token ids only."""
+"""Generation: the engine's named steps (prefill, decode_step, sampling) outside the model, streaming,
+continuous batching, beam search and chat templates."""
 
-from lmforge.generate.decode import generate, sample_next, sampling_probs
+from lmforge.generate.engine import Engine, RequestOutput, TokenEvent, decode_step, generate, prefill, stream
+from lmforge.generate.sampling import BatchSampler, SampleOutput, SamplingParams, sample_next, sampling_probs
 
-__all__ = ["generate", "sample_next", "sampling_probs"]
+__all__ = [
+    "BatchSampler", "Engine", "RequestOutput", "SampleOutput", "SamplingParams", "TokenEvent", "decode_step",
+    "generate", "prefill", "sample_next", "sampling_probs", "stream",
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,8 +15,25 @@ from lmforge.models.positions import apply_rotary
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
+@dataclass
+class CacheWrite:
+    """Where one forward's T new keys/values go: slots `start:start+T` of every row, or per-row `slots` (B, T).
+
+    `kv_len` is how many leading slots attention reads afterwards; `mask` (B, 1, T, kv_len) says which of
+    them each query sees (None: all, causally, as SDPA's `is_causal`)."""
+
+    start: int | None
+    slots: torch.Tensor | None
+    kv_len: int
+    mask: torch.Tensor | None
+
+
 class KVCache:
-    """Keys and values of one attention layer, preallocated for `max_len` positions."""
+    """Keys and values of one attention layer, preallocated: (B, H_kv, max_len, D).
+
+    Alone it appends (`length` grows by T per call). Inside a `Cache` (see `transformer.Cache`) each row
+    fills its own slots: the `Cache` decides the write once per forward and hands it to every layer.
+    """
 
     def __init__(self, batch_size: int, n_kv_heads: int, head_dim: int, max_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
@@ -22,20 +41,29 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
+        self.write: CacheWrite | None = None  # set by the owning `Cache` before each forward
 
     @property
     def max_len(self) -> int:
         return self.k.shape[2]
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append (B, H_kv, T, D) keys and values; return all keys and values so far."""
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} positions requested, {self.max_len} allocated")
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        """Store (B, H_kv, T, D) new keys and values; return the (B, H_kv, kv_len, D) slots attention reads."""
+        write = self.write
+        if write is None:  # standalone: append
+            start, end = self.length, self.length + k.shape[2]
+            if end > self.max_len:
+                raise ValueError(f"KV cache full: {end} positions requested, {self.max_len} allocated")
+            write = CacheWrite(start, None, end, None)
+            self.length = end
+        if write.slots is None:
+            self.k[:, :, write.start:write.start + k.shape[2]] = k
+            self.v[:, :, write.start:write.start + k.shape[2]] = v
+        else:
+            index = write.slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            self.k.scatter_(2, index, k)
+            self.v.scatter_(2, index, v)
+        return self.k[:, :, :write.kv_len], self.v[:, :, :write.kv_len]
 
     def set(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store fixed keys and values (cross-attention over the encoder output)."""
@@ -65,6 +93,25 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, d_kv, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.d_model, d_kv, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(d_inner, cfg.d_model, bias=cfg.out_bias)
+        self.qkv_proj: nn.Linear | None = None  # q, k and v in one, after `fuse_projections` (inference)
+
+    @torch.no_grad()
+    def fuse_projections(self) -> None:
+        """Replace q/k/v by one Linear for inference: one GEMM and one weight read instead of three.
+
+        The separate projections are gone afterwards (no LoRA, no export): a model to serve, not to train.
+        """
+        if self.cross or self.qkv_proj is not None:
+            return
+        parts = [self.q_proj, self.k_proj, self.v_proj]
+        self.split = [p.out_features for p in parts]
+        fused = nn.Linear(parts[0].in_features, sum(self.split), bias=parts[0].bias is not None,
+                          device=parts[0].weight.device, dtype=parts[0].weight.dtype)
+        fused.weight.copy_(torch.cat([p.weight for p in parts]))
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        self.qkv_proj = fused
+        del self.q_proj, self.k_proj, self.v_proj
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         # The head count follows from the width, so a projection split across tensor-parallel ranks
@@ -84,13 +131,17 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, d) -> (B, T, d). `mask` is boolean (True = attend), broadcastable to (B, H, T, S)."""
         b, t, _ = x.shape
-        q = self._heads(self.q_proj(x))
+        if self.qkv_proj is not None:
+            q, k, v = (self._heads(p) for p in self.qkv_proj(x).split(self.split, dim=-1))
+        else:
+            q = self._heads(self.q_proj(x))
         if self.cross and cache is not None and cache.length:
             k, v = cache.k, cache.v  # encoder keys/values, computed on the first step
         else:
-            src = x if kv_input is None else kv_input
-            k = self._heads(self.k_proj(src))
-            v = self._heads(self.v_proj(src))
+            if self.qkv_proj is None:
+                src = x if kv_input is None else kv_input
+                k = self._heads(self.k_proj(src))
+                v = self._heads(self.v_proj(src))
             if rope is not None:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:

@@ -25,8 +25,27 @@ class FeedForward(nn.Module):
         self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ffn_bias) if cfg.gated_ffn else None
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ffn_bias)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.ffn_bias)
+        self.gate_up_proj: nn.Linear | None = None  # gate and up in one, after `fuse_projections` (inference)
+
+    @torch.no_grad()
+    def fuse_projections(self) -> None:
+        """Replace gate/up by one Linear for inference (one GEMM); the separate ones are gone afterwards."""
+        if self.gate_proj is None:
+            return
+        gate, up = self.gate_proj, self.up_proj
+        fused = nn.Linear(gate.in_features, 2 * gate.out_features, bias=gate.bias is not None,
+                          device=gate.weight.device, dtype=gate.weight.dtype)
+        fused.weight.copy_(torch.cat([gate.weight, up.weight]))
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([gate.bias, up.bias]))
+        self.gate_up_proj = fused
+        self.gate_proj = None
+        del self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(self.act(gate) * up)
         if self.gate_proj is not None:
             return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(self.act(self.up_proj(x)))

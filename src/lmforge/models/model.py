@@ -82,6 +82,17 @@ class Model(nn.Module):
         self.tie_weights()
         return fresh
 
+    def fuse_projections(self) -> Model:
+        """Merge each self-attention's q/k/v and each gated FFN's gate/up into one Linear, for inference.
+
+        Fewer, larger GEMMs read the same weights in fewer passes; the logits are unchanged. The merged
+        model can no longer be exported, trained with LoRA or split for tensor parallelism by name.
+        """
+        for module in list(self.modules()):
+            if module is not self and hasattr(module, "fuse_projections"):
+                module.fuse_projections()
+        return self
+
     def blocks(self) -> list[nn.Module]:
         """Every Transformer block, encoder first, then decoder (what FSDP shards and checkpointing wraps)."""
         return [block for stack in (self.body.encoder, self.body.decoder) if stack is not None for block in stack.blocks]

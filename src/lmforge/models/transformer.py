@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from lmforge.models.attention import KVCache, attention_mask
+from lmforge.models.attention import CacheWrite, KVCache, attention_mask
 from lmforge.models.block import Block
 from lmforge.models.config import ModelConfig
 from lmforge.models.norms import make_norm
@@ -21,21 +21,120 @@ def embedding(num: int, dim: int) -> nn.Embedding:
     return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
 
 
-@dataclass
 class Cache:
-    """Per-layer KV caches of a decoder stack (and its cross-attention, for encoder-decoders)."""
+    """The KV caches of a decoder stack: `batch_size` rows, each at its own position.
 
-    layers: list[KVCache]
-    cross: list[KVCache] | None = None
+    Every row owns `max_len` slots (plus one scratch slot that idle rows write into). `slot_pos` (B, L)
+    holds the position of the token in each slot (-1: empty or padding), and a query sees the slots
+    whose position is <= its own and within the sliding window. That one rule serves rows of different
+    lengths decoding together, left-padded prompts, and a sliding-window model's bounded cache (a ring
+    of `max_len` slots). The row bookkeeping (`fill`: slots used, `active`: rows that take part) lives on
+    the host, so a decode step never waits for the device.
+    """
+
+    def __init__(self, layers: list[KVCache], cross: list[KVCache] | None = None, window: int | None = None,
+                 ring: bool = False) -> None:
+        self.layers, self.cross = layers, cross
+        rows, slots = layers[0].k.shape[0], layers[0].max_len
+        device = layers[0].k.device
+        self.max_len = slots - 1  # the last slot is the scratch slot
+        self.slot_pos = torch.full((rows, slots), -1, dtype=torch.long, device=device)
+        self.count = torch.zeros(rows, dtype=torch.long, device=device)  # real tokens per row: its next position
+        self.fill = np.zeros(rows, dtype=np.int64)  # slots written per row
+        self.active = np.ones(rows, dtype=bool)  # rows that take part in the next forward
+        self.window, self.ring = window, ring
+        self.static = False  # attend over all slots every step: fixed shapes for torch.compile
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.fill)
 
     @property
     def length(self) -> int:
-        return self.layers[0].length
+        """The most slots any row has written."""
+        return int(self.fill.max()) if len(self.fill) else 0
+
+    def rows(self, start: int, stop: int) -> Cache:
+        """A view of rows `start:stop` that writes through to this cache (a decoder prefilling one request)."""
+        view = Cache.__new__(Cache)
+        view.__dict__.update(self.__dict__)
+        view.layers = [_row_view(c, start, stop) for c in self.layers]
+        view.cross = [_row_view(c, start, stop) for c in self.cross] if self.cross else None
+        view.slot_pos, view.count = self.slot_pos[start:stop], self.count[start:stop]
+        view.fill, view.active = self.fill[start:stop], self.active[start:stop]  # numpy views
+        return view
+
+    def reset_rows(self, rows) -> None:
+        """Empty `rows` (a finished request's row is free for the next one)."""
+        rows = list(rows)
+        self.slot_pos[rows] = -1
+        self.count[rows] = 0
+        self.fill[rows] = 0
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows `index` in every layer (beam search)."""
         for c in self.layers + (self.cross or []):
             c.reorder(index)
+        self.slot_pos, self.count = self.slot_pos.index_select(0, index), self.count.index_select(0, index)
+        host = index.cpu().numpy()
+        self.fill, self.active = self.fill[host], self.active[host]
+
+    def prepare(self, t: int, position_ids: torch.Tensor | None,
+                new_mask: torch.Tensor | None) -> tuple[CacheWrite, torch.Tensor]:
+        """Plan the write of T new tokens per row and the mask their queries use; returns it and the positions.
+
+        `new_mask` (B, T) is False at padding; positions default to each row's count of real tokens.
+        """
+        device = self.slot_pos.device
+        steps = torch.arange(t, device=device)
+        active = torch.from_numpy(self.active).to(device)
+        real = active[:, None].expand(-1, t) if new_mask is None else new_mask & active[:, None]  # (B, T)
+        if position_ids is None:
+            offsets = steps[None] if new_mask is None else (new_mask.long().cumsum(-1) - 1).clamp(min=0)
+            position_ids = self.count[:, None] + offsets
+        self.count += real.sum(-1)
+        fill, L = self.fill, self.max_len
+        live = fill[self.active]
+        if self.ring:
+            if t > L - (self.window or 0) + 1:
+                raise ValueError(f"{t} tokens in one forward overrun this sliding-window cache ({L} slots, window "
+                                 f"{self.window}): feed at most {L - self.window + 1} at a time")
+        elif len(live) and int(live.max()) + t > L:
+            raise ValueError(f"KV cache full: {int(live.max()) + t} positions requested, {L} allocated")
+        uniform = bool(self.active.all()) and (fill == fill[0]).all() and fill[0] + t <= L
+        if uniform:
+            start = int(fill[0])
+            if start == 0 and new_mask is None and self.window is None and not self.static:
+                write = CacheWrite(0, None, t, None)  # a fresh causal prefill: SDPA's fast path
+                self.slot_pos[:, :t] = position_ids
+                self.fill += t
+                return write, position_ids
+            self.slot_pos[:, start:start + t] = torch.where(real, position_ids, -1)
+            slots = None
+        else:
+            slots = torch.from_numpy(fill).to(device)[:, None] + steps  # (B, T)
+            if self.ring:
+                slots = slots % L
+            slots = torch.where(active[:, None], slots, L)  # idle rows write into the scratch slot
+            self.slot_pos.scatter_(1, slots, torch.where(real, position_ids, -1))
+            self.slot_pos[:, L] = -1
+            start = None
+        self.fill[self.active] += t
+        kv_len = L if self.static or (self.ring and int(self.fill.max()) >= L) else int(self.fill.max())
+        visible_pos = self.slot_pos[:, None, :kv_len]  # (B, 1, S)
+        q = position_ids[:, :, None]  # (B, T, 1)
+        visible = (visible_pos >= 0) & (visible_pos <= q)
+        if self.window is not None:
+            visible &= (q - visible_pos) < self.window
+        visible |= ~visible.any(-1, keepdim=True)  # a query that sees nothing (padding, idle row) stays finite
+        return CacheWrite(start, slots, kv_len, visible[:, None]), position_ids
+
+
+def _row_view(cache: KVCache, start: int, stop: int) -> KVCache:
+    view = KVCache.__new__(KVCache)
+    view.__dict__.update(cache.__dict__)
+    view.k, view.v = cache.k[start:stop], cache.v[start:stop]
+    return view
 
 
 class TransformerStack(nn.Module):
@@ -77,9 +176,14 @@ class TransformerStack(nn.Module):
         `attention_mask` (B, S) marks real tokens with 1 over all S = cached + new positions.
         """
         b, t, _ = x.shape
-        past = cache.length if cache is not None else 0
-        if position_ids is None:  # (1, T): broadcast over the batch, so RoPE tables are computed once
-            position_ids = torch.arange(past, past + t, device=x.device)[None]
+        write = None
+        if cache is not None:  # the cache knows each row's position and which slots each query sees
+            new_mask = attention_mask[:, -t:].bool() if attention_mask is not None else None
+            write, position_ids = cache.prepare(t, position_ids, new_mask)
+            for layer in cache.layers:
+                layer.write = write
+        elif position_ids is None:  # (1, T): broadcast over the batch, so RoPE tables are computed once
+            position_ids = torch.arange(t, device=x.device)[None]
         if self.positions is not None:
             x = x + self.positions(position_ids).to(x.dtype)
         if self.token_types is not None:
@@ -90,13 +194,16 @@ class TransformerStack(nn.Module):
             x = self.embed_norm(x)
         x = self.dropout(x)
 
-        kv_len = past + t
-        window = self.cfg.sliding_window if self.causal else None
-        padding = attention_mask if attention_mask is not None and not bool(attention_mask.all()) else None
-        mask = attention_mask_for(t, kv_len, self.causal, padding, window, x.device)
-        is_causal = self.causal and mask is None and past == 0
+        if write is not None:
+            mask, is_causal = write.mask, write.mask is None
+        else:
+            window = self.cfg.sliding_window if self.causal else None
+            padding = attention_mask if attention_mask is not None and not bool(attention_mask.all()) else None
+            mask = attention_mask_for(t, t, self.causal, padding, window, x.device)
+            is_causal = self.causal and mask is None
         enc_mask = None
-        if encoder_out is not None and encoder_attention_mask is not None and not bool(encoder_attention_mask.all()):
+        if encoder_out is not None and encoder_attention_mask is not None and (
+                cache is not None or not bool(encoder_attention_mask.all())):  # decoding: no device read per step
             enc_mask = attention_mask_for(t, encoder_out.shape[1], False, encoder_attention_mask, None, x.device)
         rope = self.rope(position_ids) if self.rope is not None else None
 
@@ -161,8 +268,12 @@ class Transformer(nn.Module):
                             encoder_out=encoder_out, encoder_attention_mask=encoder_attention_mask)
 
     def make_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
-                   device: torch.device | None = None, encoder_len: int | None = None) -> Cache:
-        """Preallocated KV caches for decoding up to `max_len` positions."""
+                   device: torch.device | None = None, max_chunk: int = 512) -> Cache:
+        """Preallocated KV caches for `batch_size` rows of up to `max_len` positions each.
+
+        A sliding-window model keeps `window + max_chunk` slots per row when that is fewer; it then takes
+        at most `max_chunk` new tokens per forward (prefill long prompts in chunks).
+        """
         cfg = self.cfg
         dtype = dtype or self.tokens.weight.dtype
         device = device or self.tokens.weight.device
@@ -171,8 +282,11 @@ class Transformer(nn.Module):
         def new(length: int) -> KVCache:
             return KVCache(batch_size, cfg.n_kv_heads, cfg.head_dim, length, dtype, device)
 
+        window = cfg.sliding_window
+        ring = window is not None and max_len > window + max_chunk
+        slots = window + max_chunk if ring else max_len  # a sliding window keeps a bounded ring of slots
         cross = [new(0) for _ in range(n)] if cfg.family == "encoder-decoder" else None
-        return Cache([new(max_len) for _ in range(n)], cross)
+        return Cache([new(slots + 1) for _ in range(n)], cross, window, ring)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Encoder: encode; decoder: decode; encoder-decoder: decode `decoder_input_ids` over the encoding."""
