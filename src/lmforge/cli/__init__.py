@@ -24,17 +24,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmforge import __version__
-from lmforge.cli import convert, data, demo, pretrain, tokenizer
+from lmforge.cli import chat, convert, data, demo, generate, pretrain, serve, tokenizer
 
 # verb -> function, or verb -> {sub-verb -> function}. No logic lives in this file.
 VERBS: dict[str, Callable | dict[str, Callable]] = {
+    "chat": chat.chat,
     "convert": convert.convert,
     "data": {
         "prepare": data.prepare,
         "corpus": data.corpus,
     },
     "demo": demo.demo,
+    "generate": generate.generate,
     "pretrain": pretrain.pretrain,
+    "serve": serve.serve,
     "tokenizer": {
         "train": tokenizer.train,
         "encode": tokenizer.encode,
@@ -45,6 +48,8 @@ VERBS: dict[str, Callable | dict[str, Callable]] = {
 # imported cannot have raised its error, so checking for them needs no import.
 USER_ERRORS = [
     ("lmforge.data.errors", "DataError"),
+    ("lmforge.generate.chat", "ChatError"),
+    ("lmforge.generate.console", "OptionError"),
     ("lmforge.interop.hf", "CheckpointError"),
     ("lmforge.models.config", "ConfigError"),
     ("lmforge.tokenizers.train", "TrainingDataError"),

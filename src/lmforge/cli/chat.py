@@ -1,0 +1,49 @@
+"""`lmforge chat`: talk to a chat model in the terminal, its answers streamed as they come.
+
+Only typing is imported here; the model code is imported inside the function, so `lmforge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+
+def chat(
+    model: str,
+    system: str | None = None,
+    max_tokens: int = 512,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    stop: list[str] | str | None = None,
+    dtype: Literal["float32", "bfloat16"] = "float32",
+    threads: int | None = None,
+) -> None:
+    """Chat with a model: type a message, read the answer; /system TEXT, /reset, /exit (or Ctrl-D).
+
+    Ctrl-C stops an answer (the conversation goes on). When the conversation outgrows the model's context,
+    the oldest turns are dropped.
+
+    Args:
+        model: A named model (smollm2-135m-instruct), a Hugging Face folder or an lmforge folder, with its
+            tokenizer (whose chat template writes the conversation; ChatML when it has none).
+        system: The system prompt.
+        max_tokens: New tokens at most per answer.
+        temperature: Logits are divided by it; 0 is greedy (always the most likely token).
+        top_p: Sample from the smallest set of likely tokens whose probability reaches top_p; 1 is off.
+        top_k: Sample from the k most likely tokens; 0 is off.
+        min_p: Drop tokens less likely than min_p times the most likely one; 0 is off.
+        repetition_penalty: Make tokens already in the conversation less likely (> 1) or more (< 1).
+        seed: The same seed gives the same answers; none: different each run.
+        stop: A string, or a list of them, that ends an answer (besides the template's end of turn).
+        dtype: The weights' precision.
+        threads: CPU threads for torch; default: torch's own choice.
+    """
+    from lmforge.generate.console import load, run_chat, sampling_params
+
+    params = sampling_params(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed, stop)
+    lm, tokenizer = load(model, dtype, threads)
+    run_chat(lm, tokenizer, params, system=system)
