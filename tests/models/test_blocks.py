@@ -141,3 +141,29 @@ def test_fused_projections_give_the_same_logits(preset):
         assert model.num_parameters() == n_params
         assert torch.allclose(model(ids, **kwargs), before, atol=1e-5)
         assert torch.equal(generate(model, ids, 6), greedy)
+
+
+def test_attention_falls_back_to_the_math_kernel_where_the_fused_one_refuses(monkeypatch):
+    """torch's CPU flash kernel raises for bf16 under ATEN_CPU_CAPABILITY=avx2 on an AMX machine."""
+    import lmforge.models.attention as attention
+
+    q, k, v = torch.randn(3, 1, 2, 5, 4).unbind(0)
+    ref = attention.F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    real = attention.F.scaled_dot_product_attention
+
+    def refusing(*args, **kwargs):
+        from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+
+        if SDPBackend.MATH not in _cur_sdpa_kernel_backends() or len(_cur_sdpa_kernel_backends()) > 1:
+            raise RuntimeError("pack_vnni2 is only supported when avx512 is supported")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "_SDPA_MATH_ONLY", False)
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", refusing)
+    assert torch.allclose(attention.sdpa(q, k, v, is_causal=True), ref, atol=1e-6)
+    assert attention._SDPA_MATH_ONLY  # decided once, not retried every call
+    monkeypatch.setattr(attention, "_SDPA_MATH_ONLY", False)
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("some other failure")))
+    with pytest.raises(RuntimeError, match="some other failure"):
+        attention.sdpa(q, k, v)

@@ -156,11 +156,33 @@ class Attention(nn.Module):
             else:
                 rep = q.shape[1] // k.shape[1]
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0, scale=self.scale, **extra,
-        )  # (B, H, T, D)
+        y = sdpa(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                 dropout_p=self.dropout if self.training else 0.0, scale=self.scale, **extra)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+_SDPA_MATH_ONLY = False  # set once the fused CPU kernels refused this machine's half-precision inputs
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """`scaled_dot_product_attention`, falling back to its math kernel where the fused one refuses to run.
+
+    torch's CPU flash kernel picks its bf16 path from the CPU it sees (AMX) but packs with the kernels of
+    the capability it dispatches to: under `ATEN_CPU_CAPABILITY=avx2` on an AMX machine it raises
+    "pack_vnni2 is only supported when avx512 is supported". The math kernel computes the same thing.
+    """
+    global _SDPA_MATH_ONLY
+    if not _SDPA_MATH_ONLY:
+        try:
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
+        except RuntimeError as err:
+            if "is only supported when" not in str(err) or q.device.type != "cpu":
+                raise
+            _SDPA_MATH_ONLY = True
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
 def attention_mask(
