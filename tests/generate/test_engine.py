@@ -141,3 +141,24 @@ def test_bad_requests_are_refused_with_the_reason(model, tokenizer):
     with pytest.raises(ValueError, match="temperature"):
         engine.add_request("x", [1], SamplingParams(temperature=-1))
     assert not engine.has_unfinished()
+
+
+@pytest.mark.slow
+def test_the_compiled_decode_step_gives_the_same_tokens(model, tokenizer):
+    """`compile=True` runs the forward under torch.compile while the cache plans its writes outside it."""
+    prompt = [7, 8, 9]
+    assert torch.equal(generate(model, torch.tensor([prompt]), 10, compile=True), torch.tensor([_alone(model, prompt, 10)]))
+    engine = Engine(model, tokenizer, max_batch=3, max_len=64, compile=True)
+    lengths = {"a": 6, "b": 9, "c": 4, "d": 7}  # rows of different lengths, one joining late: the shapes change
+    prompts = {rid: [3 + i, 5, 11 + 2 * i][: 2 + i % 2] for i, rid in enumerate(lengths)}
+    for rid in "abc":
+        engine.add_request(rid, prompts[rid], SamplingParams(max_tokens=lengths[rid], temperature=0, ignore_eos=True))
+    events = {}
+    for _ in range(3):
+        for out in engine.step():
+            events.setdefault(out.request_id, []).extend(out.events)
+    engine.add_request("d", prompts["d"], SamplingParams(max_tokens=lengths["d"], temperature=0, ignore_eos=True))
+    for rid, evs in _run(engine).items():
+        events.setdefault(rid, []).extend(evs)
+    for rid, n in lengths.items():
+        assert [e.token_id for e in events[rid]] == _alone(model, prompts[rid], n), rid

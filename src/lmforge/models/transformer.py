@@ -44,6 +44,7 @@ class Cache:
         self.active = np.ones(rows, dtype=bool)  # rows that take part in the next forward
         self.window, self.ring = window, ring
         self.static = False  # attend over all slots every step: fixed shapes for torch.compile
+        self.prepared: tuple[CacheWrite, torch.Tensor] | None = None  # a plan made outside a compiled forward
 
     @property
     def batch_size(self) -> int:
@@ -179,7 +180,11 @@ class TransformerStack(nn.Module):
         write = None
         if cache is not None:  # the cache knows each row's position and which slots each query sees
             new_mask = attention_mask[:, -t:].bool() if attention_mask is not None else None
-            write, position_ids = cache.prepare(t, position_ids, new_mask)
+            if cache.prepared is not None:  # planned before a compiled forward, which cannot run the host bookkeeping
+                write, position_ids = cache.prepared
+                cache.prepared = None
+            else:
+                write, position_ids = cache.prepare(t, position_ids, new_mask)
             for layer in cache.layers:
                 layer.write = write
         elif position_ids is None:  # (1, T): broadcast over the batch, so RoPE tables are computed once
