@@ -56,7 +56,10 @@ def decode_step(model: CausalLM, cache: Cache, token_ids: torch.Tensor, forward=
     if forward is None:
         return model(token_ids[:, None], cache=cache, last_only=True)[:, -1]
     cache.prepared = cache.prepare(1, None, None)
-    return forward(token_ids[:, None], cache)
+    try:
+        return forward(token_ids[:, None], cache)
+    finally:
+        cache.prepared = None  # never reused by a later forward, even when this one raised
 
 
 def compile_decode(model: CausalLM):
