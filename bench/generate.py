@@ -394,7 +394,7 @@ def bench_dtype(name: str, ours0, theirs0, sides_args, llama: LlamaCpp, gguf: Pa
         rate("pp/hf", plan.prefill), cpp=llama_rate["pp"])
     for r in rows:
         r.update(bytes_lmforge=bytes_ours, bytes_transformers=bytes_theirs, bytes_llama_cpp=llama_bytes,
-                 greedy=checks, eos=eos_note, llama_file=str(llama_file or ""))
+                 greedy=checks, eos=eos_note, llama_file=llama_file.name if llama_file else "")
 
     if args.profile:  # run after the table is out: keep the model of this dtype
         PROFILE.append((sides, short, name))
@@ -450,7 +450,7 @@ def reference_rows(llama: LlamaCpp, gguf: Path, plan: Plan, args) -> list[dict]:
         tg, pp = recs["tg"], recs["pp"]
         base = {"dtype": qtype, "lmforge_engine": None, "lmforge_generate": None, "lmforge_compile": None,
                 "transformers": None, "ratio_lmforge_hf": None, "ratio_generate_hf": None,
-                "ratio_lmforge_llama": None, "bytes_llama_cpp": tg["model_size"], "llama_file": str(f),
+                "ratio_lmforge_llama": None, "bytes_llama_cpp": tg["model_size"], "llama_file": f.name,
                 "reference_only": True}
         rows.append(dict(base, row=f"decode b1 {qtype} (llama.cpp only)", work=f"tg{plan.new_tokens}",
                          llama_cpp=summary(tg["samples_ts"]), samples_tok_s={"llama_cpp": tg["samples_ts"]},

@@ -114,23 +114,24 @@ def generate(
                                  eos_token_id, generator)
     if not use_cache:  # the reference path: the whole sequence every step
         tokens, mask, out = input_ids, attention_mask, []
+        done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
             positions = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)
             nxt = sample_next(model(tokens, mask, positions)[:, -1], temperature, top_k, top_p, generator)
             out.append(nxt)
             tokens = torch.cat([tokens, nxt[:, None]], 1)
             mask = None if mask is None else torch.cat([mask, mask.new_ones(b, 1)], 1)
-            if _all_done(out, eos_token_id):
+            if _all_done(done, nxt, eos_token_id):
                 break
         return _finish(out, eos_token_id)
     cache = model.make_cache(b, input_ids.shape[1] + max_new_tokens)
     forward = _compiled(model) if compile else None
     logits = prefill(model, cache, input_ids, attention_mask)
-    out = []
+    out, done = [], torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
         nxt = sample_next(logits, temperature, top_k, top_p, generator)
         out.append(nxt)
-        if len(out) == max_new_tokens or _all_done(out, eos_token_id):
+        if len(out) == max_new_tokens or _all_done(done, nxt, eos_token_id):
             break
         logits = decode_step(model, cache, nxt, forward)
     return _finish(out, eos_token_id)
@@ -157,21 +158,26 @@ def _generate_seq2seq(model, input_ids, max_new_tokens, attention_mask, temperat
     start = model.cfg.decoder_start_token_id
     step = torch.full((b, 1), start if start is not None else 0, dtype=torch.long, device=input_ids.device)
     cache = model.make_cache(b, max_new_tokens + 1)
-    out = []
+    out, done = [], torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
         logits = model(None, attention_mask, decoder_input_ids=step, encoder_out=encoder_out, cache=cache,
                        last_only=True)
         nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
         out.append(nxt)
-        if _all_done(out, eos_token_id):
+        if _all_done(done, nxt, eos_token_id):
             break
         step = nxt[:, None]
     return _finish(out, eos_token_id)
 
 
-def _all_done(out: list[torch.Tensor], eos_token_id: int | None) -> bool:
-    # One device read per step, only when an eos can end the loop early.
-    return eos_token_id is not None and bool((torch.stack(out, 1) == eos_token_id).any(1).all())
+def _all_done(done: torch.Tensor, nxt: torch.Tensor, eos_token_id: int | None) -> bool:
+    """Mark the rows (B,) that emitted eos in `done`, in place; True once every row has.
+
+    One device read per step, only when an eos can end the loop early."""
+    if eos_token_id is None:
+        return False
+    done |= nxt == eos_token_id
+    return bool(done.all())
 
 
 def _finish(out: list[torch.Tensor], eos_token_id: int | None) -> torch.Tensor:

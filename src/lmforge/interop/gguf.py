@@ -51,10 +51,7 @@ BLOCK_TENSORS = {
 ROPE_PERMUTED = {"attn_q.weight": "n_heads", "attn_k.weight": "n_kv_heads"}
 
 
-GGUFFile = GGUFContents
-
-
-def open_gguf(path: str | os.PathLike) -> GGUFFile:
+def open_gguf(path: str | os.PathLike) -> GGUFContents:
     """Read a GGUF file's metadata and tensor index (kept for the tokenizer and the next load: parsing takes seconds)."""
     try:
         return read_gguf(path)
@@ -64,7 +61,7 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
         raise CheckpointError(f"{Path(path).resolve()}: not a readable GGUF file ({err})") from None
 
 
-def _architecture(file: GGUFFile) -> str:
+def _architecture(file: GGUFContents) -> str:
     arch = file.metadata.get("general.architecture")
     if arch is None:
         raise CheckpointError(f"{file.path}: no general.architecture in the metadata")
@@ -111,7 +108,7 @@ def unpermute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def read_tensor(file: GGUFFile, name: str) -> torch.Tensor:
+def read_tensor(file: GGUFContents, name: str) -> torch.Tensor:
     """One tensor of a GGUF file, dequantised to float32, in PyTorch's (out, in) layout."""
     tensor = file.tensors[name]
     try:

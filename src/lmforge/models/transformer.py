@@ -43,17 +43,7 @@ class Cache:
         self.fill = np.zeros(rows, dtype=np.int64)  # slots written per row
         self.active = np.ones(rows, dtype=bool)  # rows that take part in the next forward
         self.window, self.ring = window, ring
-        self.static = False  # attend over all slots every step: fixed shapes for torch.compile
         self.prepared: tuple[CacheWrite, torch.Tensor] | None = None  # a plan made outside a compiled forward
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.fill)
-
-    @property
-    def length(self) -> int:
-        """The most slots any row has written."""
-        return int(self.fill.max()) if len(self.fill) else 0
 
     def rows(self, start: int, stop: int) -> Cache:
         """A view of rows `start:stop` that writes through to this cache (a decoder prefilling one request)."""
@@ -105,7 +95,7 @@ class Cache:
         uniform = bool(self.active.all()) and (fill == fill[0]).all() and fill[0] + t <= L
         if uniform:
             start = int(fill[0])
-            if start == 0 and new_mask is None and self.window is None and not self.static:
+            if start == 0 and new_mask is None and self.window is None:
                 write = CacheWrite(0, None, t, None)  # a fresh causal prefill: SDPA's fast path
                 self.slot_pos[:, :t] = position_ids
                 self.fill += t
@@ -121,7 +111,7 @@ class Cache:
             self.slot_pos[:, L] = -1
             start = None
         self.fill[self.active] += t
-        kv_len = L if self.static or (self.ring and int(self.fill.max()) >= L) else int(self.fill.max())
+        kv_len = min(int(self.fill.max()), L)  # a ring that wrapped reads all its slots
         visible_pos = self.slot_pos[:, None, :kv_len]  # (B, 1, S)
         q = position_ids[:, :, None]  # (B, T, 1)
         visible = (visible_pos >= 0) & (visible_pos <= q)
