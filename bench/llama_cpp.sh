@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build llama.cpp's reference tools from the llama-cpp-python sdist (see shared/BENCHMARKING.md).
 #
-#   bench/llama_cpp.sh            # build llama-bench + llama-quantize, then llama-server
+#   bench/llama_cpp.sh            # build llama-bench, llama-quantize, llama-completion, llama-perplexity,
+#                                 # then llama-server
 #   bench/llama_cpp.sh --no-server
 #   JOBS=1 bench/llama_cpp.sh     # parallel build jobs (default 2), run under `nice -n 10`
 #   LLAMA_CPP_AMX=1 bench/llama_cpp.sh   # keep ggml's AMX kernels (off by default, see below)
@@ -17,6 +18,11 @@
 # binaries). Idempotent: the download, the unpack, the configure and each built binary are
 # skipped when already present. The last lines printed are `NAME=PATH` for each tool, which
 # bench/generate.py also finds on its own (it looks in the same folders).
+#
+# llama-completion (non-interactive generation: `-no-cnv --temp 0` prints greedy tokens; this
+# llama.cpp has no llama-simple among the tools, and llama-cli needs the server build) is what
+# tests/interop/test_gguf_export.py runs against our GGUF export; llama-perplexity gives the
+# quality table. Both are extra targets in the same build/ folder, so adding them is incremental.
 set -euo pipefail
 
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -89,11 +95,11 @@ build() {  # build DIR SERVER_FLAG TARGET...
   echo "== built in $((SECONDS - t0)) s"
 }
 
-build "$CACHE/build" OFF llama-bench llama-quantize
+TOOLS=(llama-bench llama-quantize llama-completion llama-perplexity)
+build "$CACHE/build" OFF "${TOOLS[@]}"
 [[ $SERVER == 1 ]] && build "$CACHE/build-server" ON llama-server
 
-echo "llama-bench=$CACHE/build/bin/llama-bench"
-echo "llama-quantize=$CACHE/build/bin/llama-quantize"
+for t in "${TOOLS[@]}"; do echo "$t=$CACHE/build/bin/$t"; done
 if [[ -x "$CACHE/build-server/bin/llama-server" ]]; then
   echo "llama-server=$CACHE/build-server/bin/llama-server"
 fi

@@ -1,6 +1,8 @@
 """Converting a checkpoint folder between the Hugging Face format and lmforge's own, tokenizer included.
 
 A GGUF file (llama.cpp's format) converts to either; its tokenizer, kept in its metadata, is written out.
+Any source holding a LLaMA-family causal LM also converts to a GGUF file (`to="gguf"`, see
+`lmforge.interop.gguf_export`), its tokenizer and chat template written into the file's metadata.
 
 The destination must be empty (or new): writing one format into a folder that holds the other would
 leave `config.json` beside lmforge-named tensors, and transformers would load random weights. With
@@ -63,16 +65,20 @@ def check_destination(destination: Path, source: Path, overwrite: bool) -> None:
 
 
 def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
-                       to: Literal["auto", "hf", "lmforge"] = "auto", task: str | None = None,
-                       overwrite: bool = False) -> tuple[Path, str, Model, list[str]]:
+                       to: Literal["auto", "hf", "lmforge", "gguf"] = "auto", task: str | None = None,
+                       overwrite: bool = False, gguf_type: str = "f16",
+                       tokenizer: str | os.PathLike | None = None) -> tuple[Path, str, Model, list[str]]:
     """Load `source` (HF folder, lmforge folder, GGUF file, or a named offline checkpoint), write it to `destination`.
 
-    Returns (destination, format written, the model, tokenizer files carried over). `task` picks the
-    head of a Hugging Face source; an lmforge source has its own, and another `task` is an error.
+    Returns (destination, format written, the model, tokenizer files carried over; for GGUF, the
+    tokenizer's source). `task` picks the head of a Hugging Face source; an lmforge source has its own,
+    and another `task` is an error. `gguf_type` and `tokenizer` (default: the source's) apply to GGUF output.
     """
     source_dir = resolve(source)
     destination = Path(destination)
     native = (source_dir / CONFIG_NAME).is_file()
+    if to == "gguf":
+        return _convert_to_gguf(source_dir, destination, native, task, overwrite, gguf_type, tokenizer)
     check_destination(destination, source_dir, overwrite)
     if native:
         model = load_model(source_dir)
@@ -84,9 +90,48 @@ def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike
     if to == "auto":
         to = "hf" if native else "lmforge"
     if to not in ("hf", "lmforge"):
-        raise CheckpointError(f"to={to!r} is not one of auto, hf, lmforge")
+        raise CheckpointError(f"to={to!r} is not one of auto, hf, lmforge, gguf")
     if destination.is_dir():  # only with overwrite (checked above): no file of the old checkpoint survives
         for path in _checkpoint_files(destination):
             path.unlink()
     out = save_pretrained(model, destination) if to == "hf" else save_model(model, destination)
     return out, to, model, copy_tokenizer(source_dir, out)
+
+
+def _convert_to_gguf(source: Path, destination: Path, native: bool, task: str | None, overwrite: bool,
+                     gguf_type: str, tokenizer: str | os.PathLike | None) -> tuple[Path, str, Model, list[str]]:
+    """`convert_checkpoint` to one GGUF file: the model with the tokenizer beside it (or the one named)."""
+    from lmforge.interop.gguf import open_gguf
+    from lmforge.interop.gguf_export import GGUF_TYPES, save_gguf
+    from lmforge.tokenizers import Tokenizer, TokenizerError
+
+    if gguf_type not in GGUF_TYPES:
+        raise CheckpointError(f"gguf_type={gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
+    if destination.suffix != ".gguf":
+        raise CheckpointError(f"{destination}: a GGUF destination is one file; name it *.gguf")
+    if destination.is_dir():
+        raise CheckpointError(f"{destination}: is a folder; a GGUF destination is one file")
+    if destination.exists() and source.exists() and os.path.samefile(destination, source):
+        raise CheckpointError(f"{destination}: the destination is the source file; choose another destination")
+    if destination.exists() and not overwrite:
+        raise CheckpointError(f"{destination}: exists; choose a new destination, or pass --overwrite true")
+    if task not in (None, "causal-lm"):
+        raise CheckpointError(f"--task {task}: a GGUF file holds a causal-lm model only")
+    model = load_model(source) if native else load_pretrained(source, task=task)
+    where = Path(tokenizer) if tokenizer is not None else source
+    pre = None
+    if where.suffix == ".gguf":  # keep the source's own pre-tokenizer name (starcoder and smollm split alike)
+        pre = open_gguf(where).metadata.get("tokenizer.ggml.pre")
+    elif tokenizer is None and not any((source / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{source}: no tokenizer beside the model, and a GGUF file needs one; pass "
+                              "--tokenizer FOLDER (the one the data was prepared with)")
+    try:
+        tok = Tokenizer.from_pretrained(where)
+    except (TokenizerError, FileNotFoundError) as err:
+        raise CheckpointError(f"{where}: cannot read the tokenizer ({err})") from None
+    name = open_gguf(source).metadata.get("general.name") if source.suffix == ".gguf" else None
+    try:
+        out = save_gguf(model, tok, destination, gguf_type, name=name, pre=pre)
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+    return out, "gguf", model, [str(where)]

@@ -51,14 +51,54 @@ BLOCK_TENSORS = {
 ROPE_PERMUTED = {"attn_q.weight": "n_heads", "attn_k.weight": "n_kv_heads"}
 
 
+# Type numbers ggml.h gives that this gguf package does not know (newer ones, and those removed from GGUF files).
+GGML_TYPES_UNKNOWN_TO_GGUF = {4: "Q4_2", 5: "Q4_3", 31: "Q4_0_4_4", 32: "Q4_0_4_8", 33: "Q4_0_8_8",
+                              36: "IQ4_NL_4_4", 37: "IQ4_NL_4_8", 38: "IQ4_NL_8_8", 42: "Q2_0"}
+
+
 def open_gguf(path: str | os.PathLike) -> GGUFContents:
     """Read a GGUF file's metadata and tensor index (kept for the tokenizer and the next load: parsing takes seconds)."""
     try:
         return read_gguf(path)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from None
-    except ValueError as err:  # bad magic, a truncated header or tensor table
+    except ValueError as err:  # bad magic, a truncated header or tensor table, a tensor type gguf does not know
+        unknown = _unknown_tensor_types(path) if "GGMLQuantizationType" in str(err) else []
+        if unknown:
+            raise CheckpointError(f"{Path(path).resolve()}: tensor types the gguf package {_gguf_version()} does not "
+                                  f"know, so lmforge cannot read them: {_some(unknown)}") from None
         raise CheckpointError(f"{Path(path).resolve()}: not a readable GGUF file ({err})") from None
+
+
+def _unknown_tensor_types(path: str | os.PathLike) -> list[str]:
+    """'name (type N)' for each tensor whose type number gguf has no name for (`GGUFReader` stops at the first)."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    class TensorIndex(GGUFReader):  # reads the header and the tensor table, then stops before the types
+        def _build_tensors(self, start_offs, fields):
+            self.tensor_fields = fields
+
+    try:
+        fields = TensorIndex(path).tensor_fields
+    except Exception:  # the table itself is broken: the caller's message says so
+        return []
+    known = {t.value for t in GGMLQuantizationType}
+    found = []
+    for field in fields:  # parts: name length, name, n_dims, dims, type, offset
+        name, kind = bytes(field.parts[1]).decode("utf-8", "replace"), int(field.parts[4][0])
+        if kind not in known:
+            label = f" = {GGML_TYPES_UNKNOWN_TO_GGUF[kind]}" if kind in GGML_TYPES_UNKNOWN_TO_GGUF else ""
+            found.append(f"{name} (type {kind}{label})")
+    return found
+
+
+def _gguf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gguf")
+    except PackageNotFoundError:
+        return "(unknown version)"
 
 
 def _architecture(file: GGUFContents) -> str:
@@ -113,9 +153,11 @@ def read_tensor(file: GGUFContents, name: str) -> torch.Tensor:
     tensor = file.tensors[name]
     try:
         values = dequantize(tensor.data, tensor.tensor_type)
-    except NotImplementedError:
+    except (NotImplementedError, ValueError) as err:  # no dequantizer (F64, I32, Q8_K, ...), or a bad block size
+        why = "" if isinstance(err, NotImplementedError) else f" ({err})"
         raise CheckpointError(f"{file.path}: tensor {name} is stored as {tensor.tensor_type.name}, which the "
-                              "gguf package cannot dequantize") from None
+                              f"gguf package {_gguf_version()} cannot dequantize{why}; lmforge reads F32, F16, "
+                              "BF16 and the quantised types gguf dequantizes (Q4_0, Q8_0, K-quants, ...)") from None
     values = values.reshape([int(d) for d in reversed(tensor.shape)])  # GGUF lists dims innermost first
     return torch.from_numpy(values if values.flags.writeable else values.copy())  # F32 is a read-only view
 

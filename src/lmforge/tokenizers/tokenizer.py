@@ -158,12 +158,12 @@ class Tokenizer:
         if not tokens or merges is None:
             raise TokenizerError(f"{source}: no tokenizer.ggml.tokens or tokenizer.ggml.merges")
         pre = metadata.get("tokenizer.ggml.pre", "gpt2")  # older files lack it; transformers then uses GPT-2's
-        if pre not in _GGUF_PRE_TOKENIZERS:
+        if pre not in GGUF_PRE_TOKENIZERS:
             raise TokenizerError(f"{source}: tokenizer.ggml.pre={pre!r} is not supported yet; "
-                                 f"supported: {', '.join(_GGUF_PRE_TOKENIZERS)}")
+                                 f"supported: {', '.join(GGUF_PRE_TOKENIZERS)}")
         vocab = {token: i for i, token in enumerate(tokens)}
         backend = Backend(models.BPE(vocab, [tuple(m.split(" ", 1)) for m in merges], fuse_unk=False))
-        backend.pre_tokenizer = _GGUF_PRE_TOKENIZERS[pre]()
+        backend.pre_tokenizer = GGUF_PRE_TOKENIZERS[pre]()
         backend.decoder = decoders.ByteLevel()
         backend.post_processor = processors.ByteLevel(trim_offsets=False)
         types = metadata.get("tokenizer.ggml.token_type") or []
@@ -557,8 +557,10 @@ def _llama3_split() -> pre_tokenizers.PreTokenizer:
 
 
 # How text is split before BPE, by `tokenizer.ggml.pre`, as llama.cpp's `llama-vocab.cpp` splits it: GPT-2's
-# regex; StarCoder-style (SmolLM) each digit on its own first, then GPT-2's regex; LLaMA 3's regex.
-_GGUF_PRE_TOKENIZERS = {
+# regex; StarCoder-style (SmolLM) each digit on its own first, then GPT-2's regex; LLaMA 3's regex. llama.cpp
+# names GPT-2's `gpt-2` (and refuses `gpt2`); `gpt2` stays for files without the key (transformers' default).
+GGUF_PRE_TOKENIZERS = {
+    "gpt-2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False),
     "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False),
     "smollm": _digits_then_gpt2,
     "starcoder": _digits_then_gpt2,
