@@ -21,6 +21,7 @@ def chat(
     stop: list[str] | str | None = None,
     dtype: Literal["float32", "bfloat16"] = "float32",
     threads: int | None = None,
+    quantize: Literal["int8", "q8_0", "int4"] | None = None,
 ) -> None:
     """Chat with a model: type a message, read the answer; /system TEXT, /reset, /exit (or Ctrl-D).
 
@@ -41,9 +42,12 @@ def chat(
         stop: A string, or a list of them, that ends an answer (besides the template's end of turn).
         dtype: The weights' precision.
         threads: CPU threads for torch; default: torch's own choice.
+        quantize: Quantize the blocks' weights after loading (int8: a scale per row, f32 activations, the
+            closest to float32; q8_0, int4: smaller, further from it); a folder written by `lmforge quantize`
+            needs no flag.
     """
     from lmforge.generate.console import load, run_chat, sampling_params
 
     params = sampling_params(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed, stop)
-    lm, tokenizer = load(model, dtype, threads)
+    lm, tokenizer = load(model, dtype, threads, quantize)
     run_chat(lm, tokenizer, params, system=system)

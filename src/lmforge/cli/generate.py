@@ -23,6 +23,7 @@ def generate(
     system: str | None = None,
     dtype: Literal["float32", "bfloat16"] = "float32",
     threads: int | None = None,
+    quantize: Literal["int8", "q8_0", "int4"] | None = None,
 ) -> None:
     """Generate text after a prompt, printed as it comes.
 
@@ -42,9 +43,12 @@ def generate(
         system: The system prompt (with --chat true).
         dtype: The weights' precision.
         threads: CPU threads for torch; default: torch's own choice.
+        quantize: Quantize the blocks' weights after loading (int8: a scale per row, f32 activations, the
+            closest to float32; q8_0, int4: smaller, further from it); a folder written by `lmforge quantize`
+            needs no flag.
     """
     from lmforge.generate.console import load, run_generate, sampling_params
 
     params = sampling_params(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed, stop)
-    lm, tokenizer = load(model, dtype, threads)
+    lm, tokenizer = load(model, dtype, threads, quantize)
     run_generate(lm, tokenizer, prompt, params, chat=chat, system=system)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from lmforge.tokenizers import Tokenizer
 
 DTYPES = ("float32", "bfloat16")
+QUANTIZE = ("int8", "q8_0", "int4")  # the schemes of --quantize (lmforge.compress.quantize)
 COMMANDS = "/system TEXT sets the system prompt, /reset forgets the conversation, /exit quits"
 
 
@@ -44,8 +45,13 @@ def sampling_params(max_tokens: int = 64, temperature: float = 0.7, top_p: float
     return params
 
 
-def load(name: str, dtype: str = "float32", threads: int | None = None) -> tuple[CausalLM, Tokenizer]:
-    """The causal LM (projections fused for inference) and the tokenizer of a named model, an HF or lmforge folder."""
+def load(name: str, dtype: str = "float32", threads: int | None = None,
+         quantize: str | None = None) -> tuple[CausalLM, Tokenizer]:
+    """The causal LM (projections fused for inference) and the tokenizer of a named model, an HF or lmforge folder.
+
+    `quantize` (int8, q8_0, int4) quantizes the blocks' Linear layers after loading (from the f32 weights;
+    int4 in symmetric groups of 32); a quantized lmforge folder loads as it was saved without it.
+    """
     import torch
 
     from lmforge.interop.native import load_any
@@ -53,12 +59,21 @@ def load(name: str, dtype: str = "float32", threads: int | None = None) -> tuple
 
     if dtype not in DTYPES:
         raise OptionError(f"dtype={dtype!r} (allowed: {', '.join(DTYPES)})")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise OptionError(f"quantize={quantize!r} (allowed: {', '.join(QUANTIZE)})")
     if threads is not None:
         if threads < 1:
             raise OptionError(f"threads={threads} (allowed: an integer >= 1)")
         torch.set_num_threads(threads)
-    model = load_any(name, dtype=getattr(torch, dtype), task="causal-lm").eval().fuse_projections()
-    return model, Tokenizer.from_pretrained(name)
+    model = load_any(name, dtype=torch.float32 if quantize else getattr(torch, dtype), task="causal-lm")
+    if quantize:
+        from lmforge.compress.quantize import QuantConfig, is_quantized, quantize_model
+
+        if is_quantized(model):
+            raise OptionError(f"quantize={quantize}: {name} is quantized already; leave out --quantize")
+        quantize_model(model, QuantConfig(scheme=quantize))
+        model = model.to(getattr(torch, dtype))
+    return model.eval().fuse_projections(), Tokenizer.from_pretrained(name)
 
 
 def context_length(model: CausalLM) -> int:

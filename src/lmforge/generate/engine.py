@@ -69,10 +69,12 @@ def compile_decode(model: CausalLM):
     than eager at batch 1 in fp32, with the same tokens: it removes the per-op dispatch of several hundred
     small ops per step. Pass it to `decode_step`, or use `Engine(compile=True)` / `generate(compile=True)`.
     """
+    from lmforge.kernels import compile_options
+
     def forward(ids: torch.Tensor, cache: Cache) -> torch.Tensor:
         return model(ids, cache=cache, last_only=True)[:, -1]
 
-    return torch.compile(forward, dynamic=True)
+    return torch.compile(forward, dynamic=True, options=compile_options())  # options: see compile_options
 
 
 def stop_ids(tokenizer, model: CausalLM | None = None) -> set[int]:

@@ -58,6 +58,10 @@ def save_model(model: Model, path: str | os.PathLike, state_dict: dict | None = 
     state = model.state_dict() if state_dict is None else state_dict
     keep = {n for n, p in model.named_parameters() if p.requires_grad} if trainable_only else set(state)
     tensors = {name: t.contiguous() for name, t in state.items() if name in keep and not model.is_tied(name)}
+    if getattr(model, "quantization", None) is not None:  # packed weights (lmforge.compress): their config too
+        from lmforge.compress.quantize import checkpoint_entry
+
+        meta["quantization"], tensors = checkpoint_entry(model, tensors)
     atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     return folder
@@ -85,7 +89,8 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32, over
 
     The model is built on the meta device and takes the file's tensors themselves (`assign=True`). A
     checkpoint of trainable parameters only loads its base first (checked by its sha256). `overrides`
-    change ModelConfig fields that do not change the weights' shapes (dropout, ...).
+    change ModelConfig fields that do not change the weights' shapes (dropout, ...). A quantized
+    checkpoint (a `quantization` entry) gets its quantized modules back, packed tensors as stored.
     """
     folder = Path(path)
     meta = read_meta(folder)
@@ -98,6 +103,13 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32, over
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{meta_path}: {err}") from None
     tensors = _load_safetensors(folder / "model.safetensors")
+    if "quantization" in meta:  # empty quantized modules swapped in, to take the packed tensors as they are
+        from lmforge.compress.quantize import QuantError, restore_quantized
+
+        try:
+            tensors = restore_quantized(model, meta["quantization"], tensors, str(meta_path))
+        except QuantError as err:
+            raise CheckpointError(str(err)) from None
     expected = model.state_dict()
     base = meta.get("base")
     if base:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,10 +55,22 @@ def build_directory(key: str | None = None) -> Path:
     return cache_root() / tag.replace("+", "_")
 
 
+def _ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; a venv used without activating it has the `ninja` package's binary off it."""
+    if shutil.which("ninja") is not None:
+        return
+    try:
+        import ninja
+    except ImportError:
+        return  # torch's own error then says that ninja is missing
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def load_extension(verbose: bool = False) -> Path:
     """Compile (or reuse) and load the extension; its ops appear under `torch.ops.lmforge`. Raises on failure."""
     from torch.utils import cpp_extension
 
+    _ninja_on_path()
     srcs = sources()
     if not srcs:
         raise RuntimeError(f"no C++ sources in {CSRC_DIR}")

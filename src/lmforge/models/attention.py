@@ -100,16 +100,22 @@ class Attention(nn.Module):
         """Replace q/k/v by one Linear for inference: one GEMM and one weight read instead of three.
 
         The separate projections are gone afterwards (no LoRA, no export): a model to serve, not to train.
+        Parts that are not `nn.Linear` (quantized ones) fuse through their class's `concat(parts)`.
         """
         if self.cross or self.qkv_proj is not None:
             return
         parts = [self.q_proj, self.k_proj, self.v_proj]
+        if not all(isinstance(p, nn.Linear) for p in parts):  # packed parts (lmforge.compress): rows concatenated
+            if len({type(p) for p in parts}) > 1:
+                return  # some quantized, some not: they stay apart
+            fused = type(parts[0]).concat(parts)
+        else:
+            fused = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), bias=parts[0].bias is not None,
+                              device=parts[0].weight.device, dtype=parts[0].weight.dtype)
+            fused.weight.copy_(torch.cat([p.weight for p in parts]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([p.bias for p in parts]))
         self.split = [p.out_features for p in parts]
-        fused = nn.Linear(parts[0].in_features, sum(self.split), bias=parts[0].bias is not None,
-                          device=parts[0].weight.device, dtype=parts[0].weight.dtype)
-        fused.weight.copy_(torch.cat([p.weight for p in parts]))
-        if fused.bias is not None:
-            fused.bias.copy_(torch.cat([p.bias for p in parts]))
         self.qkv_proj = fused
         del self.q_proj, self.k_proj, self.v_proj
 

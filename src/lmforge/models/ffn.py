@@ -29,15 +29,23 @@ class FeedForward(nn.Module):
 
     @torch.no_grad()
     def fuse_projections(self) -> None:
-        """Replace gate/up by one Linear for inference (one GEMM); the separate ones are gone afterwards."""
+        """Replace gate/up by one Linear for inference (one GEMM); the separate ones are gone afterwards.
+
+        Parts that are not `nn.Linear` (quantized ones) fuse through their class's `concat(parts)`.
+        """
         if self.gate_proj is None:
             return
         gate, up = self.gate_proj, self.up_proj
-        fused = nn.Linear(gate.in_features, 2 * gate.out_features, bias=gate.bias is not None,
-                          device=gate.weight.device, dtype=gate.weight.dtype)
-        fused.weight.copy_(torch.cat([gate.weight, up.weight]))
-        if fused.bias is not None:
-            fused.bias.copy_(torch.cat([gate.bias, up.bias]))
+        if not (isinstance(gate, nn.Linear) and isinstance(up, nn.Linear)):  # packed (lmforge.compress): concat rows
+            if type(gate) is not type(up):
+                return  # one quantized, one not: they stay apart
+            fused = type(gate).concat([gate, up])
+        else:
+            fused = nn.Linear(gate.in_features, 2 * gate.out_features, bias=gate.bias is not None,
+                              device=gate.weight.device, dtype=gate.weight.dtype)
+            fused.weight.copy_(torch.cat([gate.weight, up.weight]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([gate.bias, up.bias]))
         self.gate_up_proj = fused
         self.gate_proj = None
         del self.up_proj

@@ -37,7 +37,7 @@ def check_options(host: str, port: int, max_batch: int, max_queue: int, request_
 def run_server(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, max_queue: int = 64,
                api_key: str | None = None, request_timeout: float = 600.0, dtype: str = "float32",
                model_name: str | None = None, max_len: int | None = 2048, threads: int | None = None,
-               log_level: str = "info") -> None:
+               log_level: str = "info", quantize: str | None = None) -> None:
     """Serve `model` over HTTP (see `lmforge.cli.serve.serve` for the options)."""
     import uvicorn
 
@@ -47,7 +47,7 @@ def run_server(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch:
     check_options(host, port, max_batch, max_queue, request_timeout, max_len)
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    lm, tokenizer = load(model, dtype, threads)
+    lm, tokenizer = load(model, dtype, threads, quantize)
     engine = Engine(lm, tokenizer, max_batch=max_batch, max_len=max_len)
     name = model_name or model
     app = create_app(engine, tokenizer, name, max_queue=max_queue, api_key=api_key,
