@@ -100,9 +100,9 @@ def prompts(monkeypatch):
     """The (prompt ids, max_tokens) of every `engine.stream` call; the calls go on to the engine."""
     seen = []
 
-    def recording(model, tokenizer, ids, params):
+    def recording(model, tokenizer, ids, params, compile=False):
         seen.append((list(ids), params.max_tokens))
-        return ENGINE_STREAM(model, tokenizer, ids, params)
+        return ENGINE_STREAM(model, tokenizer, ids, params, compile=compile)
 
     monkeypatch.setattr(engine, "stream", recording)
     return seen
@@ -121,6 +121,15 @@ def test_run_generate_streams_each_token_as_it_comes(loaded):
     assert out.getvalue() == text + "\n"
     words = [w for w in out.log if w not in ("<flush>", "\n")]
     assert len(words) == 12 and all(out.log[2 * i + 1] == "<flush>" for i in range(12))  # one write + flush a token
+
+
+def test_run_generate_compiled_writes_the_same_text(loaded):
+    """`--compile true`: the decode forward under torch.compile streams the same greedy text."""
+    model, tokenizer = loaded
+    plain = run_generate(model, tokenizer, "tell me a story", sampling_params(max_tokens=8, **GREEDY), out=Recorder())
+    compiled = run_generate(model, tokenizer, "tell me a story", sampling_params(max_tokens=8, **GREEDY),
+                            out=Recorder(), compile=True)
+    assert compiled == plain
 
 
 def test_run_generate_with_chat_wraps_the_prompt_in_the_template(loaded, prompts):
@@ -145,7 +154,7 @@ def test_run_generate_refuses_what_cannot_work(loaded):
 def test_ctrl_c_ends_generate_with_status_130_and_no_traceback(loaded, monkeypatch):
     model, tokenizer = loaded
 
-    def interrupted(model, tokenizer, ids, params):
+    def interrupted(model, tokenizer, ids, params, compile=False):
         for i, event in enumerate(ENGINE_STREAM(model, tokenizer, ids, params)):
             if i == 3:
                 raise KeyboardInterrupt
@@ -229,7 +238,7 @@ def test_ctrl_c_during_an_answer_keeps_what_was_shown_and_the_chat_goes_on(loade
     model, tokenizer = loaded
     calls = []
 
-    def interrupted(model, tokenizer, ids, params):  # the first answer is interrupted after three tokens
+    def interrupted(model, tokenizer, ids, params, compile=False):  # the first answer is interrupted after three tokens
         calls.append(ids)
         for i, event in enumerate(ENGINE_STREAM(model, tokenizer, ids, params)):
             if len(calls) == 1 and i == 3:

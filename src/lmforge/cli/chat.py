@@ -22,6 +22,7 @@ def chat(
     dtype: Literal["float32", "bfloat16"] = "float32",
     threads: int | None = None,
     quantize: Literal["int8", "q8_0", "int4"] | None = None,
+    compile: bool = False,
 ) -> None:
     """Chat with a model: type a message, read the answer; /system TEXT, /reset, /exit (or Ctrl-D).
 
@@ -45,9 +46,11 @@ def chat(
         quantize: Quantize the blocks' weights after loading (int8: a scale per row, f32 activations, the
             closest to float32; q8_0, int4: smaller, further from it); a folder written by `lmforge quantize`
             needs no flag.
+        compile: Decode with the forward under torch.compile: about a minute to compile on first use, then
+            faster steps (most with --quantize, where the per-token overhead is the larger part).
     """
     from lmforge.generate.console import load, run_chat, sampling_params
 
     params = sampling_params(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed, stop)
     lm, tokenizer = load(model, dtype, threads, quantize)
-    run_chat(lm, tokenizer, params, system=system)
+    run_chat(lm, tokenizer, params, system=system, compile=compile)

@@ -22,6 +22,7 @@ def serve(
     threads: int | None = None,
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info",
     quantize: Literal["int8", "q8_0", "int4"] | None = None,
+    compile: bool = False,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API: /v1/completions, /v1/chat/completions, /v1/models.
 
@@ -45,9 +46,10 @@ def serve(
         log_level: uvicorn's and the server's log level.
         quantize: Quantize the weights after loading (int8, q8_0, int4; see `lmforge generate --help`); a folder
             written by `lmforge quantize` needs no flag.
+        compile: Decode with the forward under torch.compile (about a minute before the server listens).
     """
     from lmforge.serve.server import run_server
 
     run_server(model, host=host, port=port, max_batch=max_batch, max_queue=max_queue, api_key=api_key,
                request_timeout=request_timeout, dtype=dtype, model_name=model_name, max_len=max_len,
-               threads=threads, log_level=log_level, quantize=quantize)
+               threads=threads, log_level=log_level, quantize=quantize, compile=compile)

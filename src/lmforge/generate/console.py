@@ -96,7 +96,7 @@ def chat_params(params: SamplingParams, tokenizer: Tokenizer) -> SamplingParams:
 
 
 def run_generate(model: CausalLM, tokenizer: Tokenizer, prompt: str, params: SamplingParams, chat: bool = False,
-                 system: str | None = None, out: TextIO | None = None) -> str:
+                 system: str | None = None, out: TextIO | None = None, compile: bool = False) -> str:
     """Stream the completion of `prompt` to `out` (stdout) as it is generated, then a newline; its text.
 
     With `chat`, the prompt is one user message (after the `system` prompt, when given) in the tokenizer's
@@ -123,7 +123,7 @@ def run_generate(model: CausalLM, tokenizer: Tokenizer, prompt: str, params: Sam
                           f"the model's context of {context} tokens; ask for at most {context - len(ids)}")
     parts: list[str] = []
     try:
-        _stream(model, tokenizer, ids, params, out, parts)
+        _stream(model, tokenizer, ids, params, out, parts, compile)
     except KeyboardInterrupt:  # Ctrl-C: the text so far stays on the screen, without a traceback
         out.write("\n")
         out.flush()
@@ -134,7 +134,7 @@ def run_generate(model: CausalLM, tokenizer: Tokenizer, prompt: str, params: Sam
 
 
 def run_chat(model: CausalLM, tokenizer: Tokenizer, params: SamplingParams, system: str | None = None,
-             stdin: TextIO | None = None, out: TextIO | None = None) -> Conversation:
+             stdin: TextIO | None = None, out: TextIO | None = None, compile: bool = False) -> Conversation:
     """The interactive chat loop (see the module docstring) until `/exit` or end of input; the conversation.
 
     Reads lines with `input()` (with line editing on a terminal), or from `stdin` when given.
@@ -166,7 +166,7 @@ def run_chat(model: CausalLM, tokenizer: Tokenizer, params: SamplingParams, syst
             continue
         conversation.add_user(line.rstrip("\n"))
         try:
-            _answer(model, tokenizer, conversation, params, context, out)
+            _answer(model, tokenizer, conversation, params, context, out, compile)
         except KeyboardInterrupt:  # before the answer started (an answer keeps what it showed)
             if conversation.history and conversation.history[-1]["role"] == "user":
                 conversation.history.pop()
@@ -193,7 +193,7 @@ def _command(text: str, conversation: Conversation, out: TextIO) -> bool:
 
 
 def _answer(model: CausalLM, tokenizer: Tokenizer, conversation: Conversation, params: SamplingParams,
-            context: int, out: TextIO) -> None:
+            context: int, out: TextIO, compile: bool = False) -> None:
     """Stream the answer to the conversation's last user message and append it to the conversation."""
     try:
         fitted = fit_conversation(conversation, tokenizer, context, params.max_tokens)
@@ -212,7 +212,7 @@ def _answer(model: CausalLM, tokenizer: Tokenizer, conversation: Conversation, p
                   f"oldest message{'s' * (dropped > 1)}]")
     parts: list[str] = []
     try:
-        reason = _stream(model, tokenizer, ids, dataclasses.replace(params, max_tokens=room), out, parts)
+        reason = _stream(model, tokenizer, ids, dataclasses.replace(params, max_tokens=room), out, parts, compile)
     except KeyboardInterrupt:
         conversation.add_assistant("".join(parts))
         _say(out, "\n[stopped]")
@@ -245,9 +245,9 @@ def fit_conversation(conversation: Conversation, tokenizer: Tokenizer, context: 
 
 
 def _stream(model: CausalLM, tokenizer: Tokenizer, ids: list[int], params: SamplingParams, out: TextIO,
-            parts: list[str]) -> str | None:
+            parts: list[str], compile: bool = False) -> str | None:
     """Write each text delta as it comes (appending it to `parts`, which survives a Ctrl-C); the finish reason."""
-    events = engine.stream(model, tokenizer, ids, params)
+    events = engine.stream(model, tokenizer, ids, params, compile=compile)  # compile: see engine.compile_decode
     reason = None
     try:
         for event in events:

@@ -37,7 +37,8 @@ def check_options(host: str, port: int, max_batch: int, max_queue: int, request_
 def run_server(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, max_queue: int = 64,
                api_key: str | None = None, request_timeout: float = 600.0, dtype: str = "float32",
                model_name: str | None = None, max_len: int | None = 2048, threads: int | None = None,
-               log_level: str = "info", quantize: str | None = None) -> None:
+               log_level: str = "info", quantize: str | None = None,
+               compile: bool = False) -> None:
     """Serve `model` over HTTP (see `lmforge.cli.serve.serve` for the options)."""
     import uvicorn
 
@@ -48,7 +49,7 @@ def run_server(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch:
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     lm, tokenizer = load(model, dtype, threads, quantize)
-    engine = Engine(lm, tokenizer, max_batch=max_batch, max_len=max_len)
+    engine = Engine(lm, tokenizer, max_batch=max_batch, max_len=max_len, compile=compile)
     name = model_name or model
     app = create_app(engine, tokenizer, name, max_queue=max_queue, api_key=api_key,
                      request_timeout=request_timeout)
