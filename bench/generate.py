@@ -132,6 +132,23 @@ def prompts(tokenizer, plan: Plan, vocab: int) -> tuple[torch.Tensor, torch.Tens
 # --------------------------------------------------------------------------------------------- the calls
 
 
+@torch.inference_mode()
+def engine_loop(model, ids: torch.Tensor, n: int, forward=None) -> torch.Tensor:
+    """The engine's raw steps: make_cache + prefill + decode_step (with `forward`, a `compile_decode` one),
+    greedy argmax; the new ids (B, n)."""
+    from lmforge.generate.engine import decode_step, prefill
+
+    cache = model.make_cache(ids.shape[0], ids.shape[1] + n)
+    logits = prefill(model, cache, ids)
+    out = []
+    for i in range(n):
+        nxt = logits.argmax(-1)
+        out.append(nxt)
+        if i + 1 < n:
+            logits = decode_step(model, cache, nxt, forward=forward)
+    return torch.stack(out, 1)
+
+
 class Sides:
     """The timed calls of one dtype; each returns the new token ids (B, n)."""
 
@@ -146,20 +163,8 @@ class Sides:
         theirs.generation_config.eos_token_id = None
         self.compile = compile_variant
 
-    @torch.inference_mode()
     def engine_loop(self, ids: torch.Tensor, n: int) -> torch.Tensor:
-        """The engine's raw steps: make_cache + prefill + decode_step, greedy argmax."""
-        from lmforge.generate.engine import decode_step, prefill
-
-        cache = self.ours.make_cache(ids.shape[0], ids.shape[1] + n)
-        logits = prefill(self.ours, cache, ids)
-        out = []
-        for i in range(n):
-            nxt = logits.argmax(-1)
-            out.append(nxt)
-            if i + 1 < n:
-                logits = decode_step(self.ours, cache, nxt)
-        return torch.stack(out, 1)
+        return engine_loop(self.ours, ids, n)
 
     def generate(self, ids: torch.Tensor, n: int) -> torch.Tensor:
         from lmforge.generate import generate
