@@ -40,11 +40,14 @@ def sources() -> list[Path]:
 
 
 def source_hash() -> str:
-    """A hash of every file in csrc/, the flags and the compiler named by $CXX: what the build depends on."""
+    """A hash of every file in csrc/, the flags, the compiler named by $CXX and csrc/'s path: what the build
+    depends on."""
     digest = hashlib.sha256()
     for path in sorted(p for p in CSRC_DIR.iterdir() if p.suffix in (".cpp", ".h")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    digest.update(repr((CFLAGS, LDFLAGS, os.environ.get("CXX", ""))).encode())
+    # The folder too: torch's build.ninja names the sources by absolute path, so two checkouts sharing one
+    # cache would otherwise rebuild each other's library every time they alternate.
+    digest.update(repr((CFLAGS, LDFLAGS, os.environ.get("CXX", ""), str(CSRC_DIR))).encode())
     return digest.hexdigest()[:16]
 
 
