@@ -293,6 +293,10 @@ class Terminal:
                 import termios
 
                 fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 250, 0, 0))
+                # As a shell starts a job: SIGINT unblocked and at its default, whatever this (pytest) process
+                # inherited or set (a blocked or ignored SIGINT survives exec, and Ctrl-C would never arrive).
+                signal.pthread_sigmask(signal.SIG_SETMASK, set())
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
                 os.execve(argv[0], argv, env)
             finally:
                 os._exit(127)
