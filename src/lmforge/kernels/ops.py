@@ -310,37 +310,30 @@ def _rows(op: str, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).contiguous()
 
 
+def _float_linear(fmt: str, reference: Callable, x: torch.Tensor, w: torch.Tensor, *args) -> torch.Tensor:
+    """The float wrappers' one body: `gemv_<fmt>` below `TORCH_FROM_M[fmt]` rows, torch's arithmetic from there."""
+    build()  # before the op is looked up: it exists once built (or registered by the fallback)
+    x2 = _rows(f"linear_{fmt}", x)
+    if x2.shape[0] >= TORCH_FROM_M[fmt]:
+        out = reference(x2, w, *args)
+    else:
+        out = getattr(torch.ops.lmforge, f"gemv_{fmt}")(x2, w, *args)
+    return out.view(*x.shape[:-1], w.shape[0])
+
+
 def linear_f32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x (..., K) f32 @ w (N, K) f32 ^T -> (..., N) f32."""
-    build()
-    x2 = _rows("linear_f32", x)
-    if x2.shape[0] >= TORCH_FROM_M["f32"]:
-        out = _reference_gemv_f32(x2, w)
-    else:
-        out = torch.ops.lmforge.gemv_f32(x2, w)
-    return out.view(*x.shape[:-1], w.shape[0])
+    return _float_linear("f32", _reference_gemv_f32, x, w)
 
 
 def linear_bf16(x: torch.Tensor, w: torch.Tensor, exact: bool = True) -> torch.Tensor:
     """x (..., K) f32 @ w (N, K) bf16 ^T -> (..., N) f32; exact=False rounds x to bf16 first (vdpbf16ps)."""
-    build()
-    x2 = _rows("linear_bf16", x)
-    if x2.shape[0] >= TORCH_FROM_M["bf16"]:
-        out = _reference_gemv_bf16(x2, w, exact)
-    else:
-        out = torch.ops.lmforge.gemv_bf16(x2, w, exact)
-    return out.view(*x.shape[:-1], w.shape[0])
+    return _float_linear("bf16", _reference_gemv_bf16, x, w, exact)
 
 
 def linear_int8(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """scale * (x (..., K) f32 @ w (N, K) int8 ^T) -> (..., N) f32 (per-output-row scale (N,))."""
-    build()
-    x2 = _rows("linear_int8", x)
-    if x2.shape[0] >= TORCH_FROM_M["int8"]:
-        out = _reference_gemv_int8(x2, w, scale)
-    else:
-        out = torch.ops.lmforge.gemv_int8(x2, w, scale)
-    return out.view(*x.shape[:-1], w.shape[0])
+    return _float_linear("int8", _reference_gemv_int8, x, w, scale)
 
 
 def linear_q8_0(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
