@@ -11,12 +11,14 @@ TINY = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_l
 FAMILY_PRESET = {"encoder": "bert-tiny", "decoder": "llama-tiny", "encoder-decoder": "bart-tiny"}
 TASK_FAMILY = {"encoder": "encoder", "causal-lm": "decoder", "seq2seq-lm": "encoder-decoder", "masked-lm": "encoder",
                "sequence-classification": "encoder", "token-classification": "decoder",
-               "question-answering": "encoder", "electra-pretraining": "encoder"}
+               "question-answering": "encoder", "electra-pretraining": "encoder", "multi-task": "encoder"}
+TASK_FIELDS = {"multi-task": {"task_heads": {"a": {"kind": "sequence-classification", "num_labels": 3},
+                                             "b": {"kind": "token-classification", "num_labels": 5}}}}
 
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_every_task_builds_and_is_recognised(task):
-    model = build_model(get_preset(FAMILY_PRESET[TASK_FAMILY[task]], **TINY), task=task)
+    model = build_model(get_preset(FAMILY_PRESET[TASK_FAMILY[task]], **TINY, **TASK_FIELDS.get(task, {})), task=task)
     assert task_of(model) == task  # the most specific class, e.g. not "token-classification" for ELECTRA
 
 

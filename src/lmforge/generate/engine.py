@@ -243,7 +243,9 @@ class Engine:
             raise ValueError(f"max_batch={max_batch} must be >= 1")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+        # A prompt-tuned model's soft prompt takes the first positions of every row (lmforge.adapt.prompt).
+        limit = model.cfg.max_seq_len - getattr(model.body, "virtual_tokens", 0)
+        self.max_len = min(max_len or limit, limit)
         self.max_batch = max_batch
         self.cache = model.make_cache(max_batch, self.max_len)
         self.cache.active[:] = False

@@ -24,7 +24,7 @@ from lmforge.models.tasks import DEFAULT_TASK, TASKS, task_of
 log = logging.getLogger(__name__)
 
 FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, llama, bart)
-HEAD_PREFIXES = ("lm_head.", "mlm_head.", "nsp_head.", "pooler.", "head.")
+HEAD_PREFIXES = ("lm_head.", "mlm_head.", "nsp_head.", "pooler.", "head.", "heads.")
 BARE_HEAD_PREFIXES = ("lm_head.", "cls.")  # HF heads that keep their names next to a bare body
 
 

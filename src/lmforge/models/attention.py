@@ -100,11 +100,15 @@ class Attention(nn.Module):
         """Replace q/k/v by one Linear for inference: one GEMM and one weight read instead of three.
 
         The separate projections are gone afterwards (no LoRA, no export): a model to serve, not to train.
-        Parts that are not `nn.Linear` (quantized ones) fuse through their class's `concat(parts)`.
+        Parts that are not `nn.Linear` (quantized ones) fuse through their class's `concat(parts)`. Parts
+        that are adapted (a LoRA or adapter wrapper, whose class sets `adapted = True`) stay apart, all
+        three: fusing would drop the adapter.
         """
         if self.cross or self.qkv_proj is not None:
             return
         parts = [self.q_proj, self.k_proj, self.v_proj]
+        if any(is_adapted(p) for p in parts):
+            return
         if not all(isinstance(p, nn.Linear) for p in parts):  # packed parts (lmforge.compress): rows concatenated
             if len({type(p) for p in parts}) > 1:
                 return  # some quantized, some not: they stay apart
@@ -134,9 +138,17 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_input: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x (B, T, d) -> (B, T, d). `mask` is boolean (True = attend), broadcastable to (B, H, T, S)."""
+        """x (B, T, d) -> (B, T, d). `mask` is boolean (True = attend), broadcastable to (B, H, T, S).
+
+        `prefix_kv`: extra keys and values (B or 1, H_kv, P, D) that every query sees, put before this
+        forward's keys after the cache update (never cached) and without RoPE (prefix-tuning's virtual
+        tokens have no position: they are keys as the layer would have rotated them).
+        """
         b, t, _ = x.shape
+        if prefix_kv is not None and self.cross:
+            raise ValueError("prefix_kv is for self-attention; cross-attention attends to the encoder output only")
         if self.qkv_proj is not None:
             q, k, v = (self._heads(p) for p in self.qkv_proj(x).split(self.split, dim=-1))
         else:
@@ -155,6 +167,8 @@ class Attention(nn.Module):
                     cache.set(k, v)
                 else:
                     k, v = cache.update(k, v)
+        if prefix_kv is not None and prefix_kv[0].shape[2]:
+            k, v, mask = _with_prefix(k, v, mask, is_causal, t, *prefix_kv)
         extra = {}
         if k.shape[1] != q.shape[1]:  # grouped-query / multi-query
             if _SDPA_GQA:
@@ -165,6 +179,32 @@ class Attention(nn.Module):
         y = sdpa(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
                  dropout_p=self.dropout if self.training else 0.0, scale=self.scale, **extra)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+def is_adapted(layer: nn.Module) -> bool:
+    """Whether `layer` is wrapped by a fine-tuning method (its class sets `adapted = True`): never fuse it."""
+    return bool(getattr(type(layer), "adapted", False))
+
+
+def _with_prefix(k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, t: int,
+                 prefix_k: torch.Tensor, prefix_v: torch.Tensor):
+    """Keys/values (B, H_kv, S, D) with the prefix (B or 1, H_kv, P, D) before them, and the mask over P + S.
+
+    The prefix columns are visible to every query (padding and causality concern real tokens only); a
+    causal forward without a mask gets its causal mask written out, since SDPA's `is_causal` would align
+    it to the wrong corner once keys outnumber queries.
+    """
+    b, s, p = k.shape[0], k.shape[2], prefix_k.shape[2]
+    prefix_k = prefix_k.to(k.dtype).expand(b, -1, -1, -1)
+    prefix_v = prefix_v.to(v.dtype).expand(b, -1, -1, -1)
+    k, v = torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2)  # (B, H_kv, P + S, D)
+    if mask is None:
+        if not is_causal:
+            return k, v, None
+        q_pos = torch.arange(s - t, s, device=k.device)[:, None]  # the queries are the last t of s positions
+        mask = (torch.arange(s, device=k.device)[None, :] <= q_pos)[None, None]  # (1, 1, T, S)
+    seen = torch.ones(*mask.shape[:-1], p, dtype=torch.bool, device=mask.device)
+    return k, v, torch.cat([seen, mask.bool()], dim=-1)  # (.., T, P + S)
 
 
 _SDPA_MATH_ONLY = False  # set once the fused CPU kernels refused this machine's half-precision inputs

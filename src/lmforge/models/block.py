@@ -36,12 +36,14 @@ class Block(nn.Module):
         encoder_out: torch.Tensor | None = None,
         encoder_mask: torch.Tensor | None = None,
         cross_cache: KVCache | None = None,
+        prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x (B, T, d) -> (B, T, d)."""
+        """x (B, T, d) -> (B, T, d). `prefix_kv` (prefix-tuning) goes to the self-attention."""
+        attend = dict(mask=mask, is_causal=is_causal, rope=rope, cache=cache, prefix_kv=prefix_kv)
         if self.pre_norm:
-            x = x + self.dropout(self.attn(self.attn_norm(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache))
+            x = x + self.dropout(self.attn(self.attn_norm(x), **attend))
         else:
-            x = self.attn_norm(x + self.dropout(self.attn(x, mask=mask, is_causal=is_causal, rope=rope, cache=cache)))
+            x = self.attn_norm(x + self.dropout(self.attn(x, **attend)))
         if self.cross_attn is not None:
             if self.pre_norm:
                 h = self.cross_attn(self.cross_attn_norm(x), mask=encoder_mask, kv_input=encoder_out, cache=cross_cache)

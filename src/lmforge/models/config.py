@@ -6,6 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+HEAD_KINDS = ("sequence-classification", "token-classification", "question-answering")
+"""The heads a multi-task model can carry (`ModelConfig.task_heads`)."""
+
 Family = Literal["encoder", "decoder", "encoder-decoder"]
 Position = Literal["learned", "sinusoidal", "rope", "none"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
@@ -97,6 +100,9 @@ class ModelConfig:
     pooling: Literal["first", "last", "mean"] | None = None
     """How a sequence classifier pools the hidden states: first token, last real token or mean over real
     tokens; None: first for encoders (BERT's [CLS]), last for decoders (as transformers does)."""
+    task_heads: dict[str, dict[str, Any]] | None = None
+    """A multi-task model's heads by task name: {"kind": "sequence-classification" | "token-classification" |
+    "question-answering", "num_labels": n, "labels": [...]} each (`lmforge.models.multitask`)."""
     sequence_classifier_bias: bool = True
     """A bias on the sequence-classification head (BERT's `classifier`); GPT-2's and LLaMA's `score` has none."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -151,6 +157,11 @@ class ModelConfig:
             problems.append(f"labels has {len(self.labels)} names but num_labels={self.num_labels}")
         if self.pooling not in (None, "first", "last", "mean"):
             problems.append(f"pooling={self.pooling!r} is not one of first, last, mean (or null)")
+        for name, head in (self.task_heads or {}).items():
+            if not isinstance(head, dict) or head.get("kind") not in HEAD_KINDS:
+                problems.append(f"task_heads.{name}.kind must be one of {', '.join(HEAD_KINDS)}")
+            elif not isinstance(head.get("num_labels", 1), int) or head.get("num_labels", 1) <= 0:
+                problems.append(f"task_heads.{name}.num_labels={head.get('num_labels')!r} must be a positive integer")
         if problems:
             raise ConfigError("invalid ModelConfig: " + "; ".join(problems))
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.models.attention import is_adapted
 from lmforge.models.config import ModelConfig
 
 ACTIVATIONS = {
@@ -31,11 +32,14 @@ class FeedForward(nn.Module):
     def fuse_projections(self) -> None:
         """Replace gate/up by one Linear for inference (one GEMM); the separate ones are gone afterwards.
 
-        Parts that are not `nn.Linear` (quantized ones) fuse through their class's `concat(parts)`.
+        Parts that are not `nn.Linear` (quantized ones) fuse through their class's `concat(parts)`; an
+        adapted part (LoRA, adapter: its class sets `adapted = True`) keeps both apart, so the adapter stays.
         """
         if self.gate_proj is None:
             return
         gate, up = self.gate_proj, self.up_proj
+        if is_adapted(gate) or is_adapted(up):
+            return
         if not (isinstance(gate, nn.Linear) and isinstance(up, nn.Linear)):  # packed (lmforge.compress): concat rows
             if type(gate) is not type(up):
                 return  # one quantized, one not: they stay apart

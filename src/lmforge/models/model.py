@@ -68,7 +68,7 @@ class Model(nn.Module):
         sinusoidal tables) are recomputed.
         """
         self.tie_weights()
-        fresh = []
+        fresh, touched = [], []
         with torch.no_grad():
             for name, module in self.named_modules():
                 for param_name, param in list(module.named_parameters(recurse=False)):
@@ -77,8 +77,14 @@ class Model(nn.Module):
                         setattr(module, param_name, new)
                         self._init_parameter(name, module, param_name, new)
                         fresh.append(f"{name}.{param_name}" if name else param_name)
+                        touched.append(name)
                 if any(b.is_meta for b in module.buffers(recurse=False)):
                     module.reset_buffers(device)
+            # A fine-tuning method's modules (lmforge.adapt) start from their own init (LoRA's B = 0, ...).
+            for name, module in self.named_modules():
+                if hasattr(module, "reset_adapter_parameters") and any(t == name or t.startswith(name + ".")
+                                                                        for t in touched):
+                    module.reset_adapter_parameters()
         self.tie_weights()
         return fresh
 

@@ -19,6 +19,7 @@ from lmforge.models.model import (
     SequenceClassifier,
     TokenClassifier,
 )
+from lmforge.models.multitask import MultiTaskModel
 
 TASKS: dict[str, type[Model]] = {
     "encoder": EncoderModel,
@@ -29,6 +30,7 @@ TASKS: dict[str, type[Model]] = {
     "token-classification": TokenClassifier,
     "question-answering": QuestionAnswering,
     "electra-pretraining": ElectraPretraining,
+    "multi-task": MultiTaskModel,
 }
 DEFAULT_TASK = {"encoder": "encoder", "decoder": "causal-lm", "encoder-decoder": "seq2seq-lm"}
 

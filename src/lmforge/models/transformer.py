@@ -161,12 +161,18 @@ class TransformerStack(nn.Module):
         cache: Cache | None = None,
         encoder_out: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Token embeddings (B, T, d) -> hidden states (B, T, d).
 
-        `attention_mask` (B, S) marks real tokens with 1 over all S = cached + new positions.
+        `attention_mask` (B, S) marks real tokens with 1 over all S = cached + new positions. `prefix_kv`
+        holds one (keys, values) pair (B or 1, H_kv, P, D) per block, seen by every query of that block's
+        self-attention and never cached (prefix-tuning).
         """
         b, t, _ = x.shape
+        if prefix_kv is not None and len(prefix_kv) != len(self.blocks):
+            raise ValueError(f"prefix_kv holds {len(prefix_kv)} (keys, values) pairs; this stack has "
+                             f"{len(self.blocks)} blocks: one pair per block")
         write = None
         if cache is not None:  # the cache knows each row's position and which slots each query sees
             new_mask = attention_mask[:, -t:].bool() if attention_mask is not None else None
@@ -208,6 +214,7 @@ class TransformerStack(nn.Module):
                 cache=cache.layers[i] if cache is not None else None,
                 encoder_out=encoder_out, encoder_mask=enc_mask,
                 cross_cache=cache.cross[i] if cache is not None and cache.cross is not None else None,
+                prefix_kv=prefix_kv[i] if prefix_kv is not None else None,
             )
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(lambda h, blk=block, kw=kwargs: blk(h, **kw), x, use_reentrant=False)
@@ -227,6 +234,10 @@ def attention_mask_for(q_len, kv_len, causal, padding, window, device) -> torch.
 
 class Transformer(nn.Module):
     """The body of every family: token embedding plus an encoder stack, a decoder stack, or both."""
+
+    virtual_tokens: int = 0
+    """Positions the decoder stack prepends to every sequence (a soft prompt, `lmforge.adapt.prompt`):
+    the KV cache keeps that many more slots per row."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -248,19 +259,23 @@ class Transformer(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+               inputs_embeds: torch.Tensor | None = None,
+               prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Bidirectional encoding: (B, T) ids -> (B, T, d)."""
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        return self.encoder(x, attention_mask=attention_mask, position_ids=position_ids, token_type_ids=token_type_ids)
+        return self.encoder(x, attention_mask=attention_mask, position_ids=position_ids, token_type_ids=token_type_ids,
+                            prefix_kv=prefix_kv)
 
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                position_ids: torch.Tensor | None = None, cache: Cache | None = None,
                encoder_out: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
-               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+               inputs_embeds: torch.Tensor | None = None,
+               prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Causal decoding (with cross-attention to `encoder_out` in encoder-decoders): -> (B, T, d)."""
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         return self.decoder(x, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                            encoder_out=encoder_out, encoder_attention_mask=encoder_attention_mask)
+                            encoder_out=encoder_out, encoder_attention_mask=encoder_attention_mask,
+                            prefix_kv=prefix_kv)
 
     def make_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
                    device: torch.device | None = None, max_chunk: int = 512) -> Cache:
@@ -273,6 +288,7 @@ class Transformer(nn.Module):
         dtype = dtype or self.tokens.weight.dtype
         device = device or self.tokens.weight.device
         n = len(self.decoder.blocks)
+        max_len += self.virtual_tokens  # a soft prompt's embeddings fill the first slots of every row
 
         def new(length: int) -> KVCache:
             return KVCache(batch_size, cfg.n_kv_heads, cfg.head_dim, length, dtype, device)
