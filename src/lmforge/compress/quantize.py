@@ -269,6 +269,11 @@ class QuantLinear(_Packed):
         """x (..., K) -> (..., N), in x's dtype (the product itself in f32)."""
         dtype = x.dtype
         x = x if dtype == torch.float32 else x.float()
+        if torch.is_grad_enabled() and x.requires_grad:
+            # The kernels have no backward: training through this frozen layer (to LoRA factors before it,
+            # QLoRA) multiplies by the weight dequantized on the fly, which autograd differentiates.
+            y = nn.functional.linear(x, self.dequantize(), self.bias)
+            return y if dtype == torch.float32 else y.to(dtype)
         if self.scheme == "f32":
             y = kernels.linear_f32(x, self.weight)
         elif self.scheme == "bf16":
@@ -415,6 +420,16 @@ def _check(model: nn.Module, config: QuantConfig, names: list[str]) -> None:
         raise QuantError(f"cannot quantize to {config.scheme}: " + "; ".join(problems[:4]) + more)
 
 
+def _refuse_adapted(model: nn.Module, names: list[str]) -> None:
+    """No layer of `names` is, or lies inside, a fine-tuning wrapper (its class sets `adapted = True`)."""
+    wrappers = [n for n, m in model.named_modules() if n and getattr(type(m), "adapted", False)]
+    hits = [n for n in names if any(n == w or n.startswith(w + ".") for w in wrappers)]
+    if hits:
+        raise QuantError(f"cannot quantize adapted layers ({', '.join(hits[:4])}{', ...' if len(hits) > 4 else ''}): "
+                         "merge the adapter first (lmforge.adapt.lora.merge_and_unload), or train LoRA on a "
+                         "quantized base with method qlora")
+
+
 def _has(model: nn.Module, name: str) -> bool:
     try:
         model.get_submodule(name)
@@ -449,6 +464,7 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> QuantSummary:
     if is_quantized(model):
         raise QuantError("the model is already quantized; quantize a float model (once)")
     names = select(model, config)
+    _refuse_adapted(model, names + ([HEAD] if config.lm_head and _has(model, HEAD) else []))
     _check(model, config, names)
     summary = QuantSummary(config.scheme, model_bytes_before=state_bytes(model))
     tied = _is_tied(model, config)
