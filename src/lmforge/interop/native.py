@@ -23,7 +23,10 @@ WEIGHT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "pytorch_model.
 def weights_digest(path: str | os.PathLike) -> str:
     """sha256 over a checkpoint folder's weight files (names and bytes): what a delta checkpoint's base must be."""
     folder = resolve(path)
-    files = sorted({f for pattern in WEIGHT_FILES for f in folder.glob(pattern)})
+    if folder.is_file():  # a GGUF checkpoint is one file
+        files = [folder]
+    else:
+        files = sorted({f for pattern in WEIGHT_FILES for f in folder.glob(pattern)})
     if not files:
         raise CheckpointError(f"{folder}: no weight files ({', '.join(WEIGHT_FILES)})")
     digest = hashlib.sha256()
@@ -62,6 +65,8 @@ def save_model(model: Model, path: str | os.PathLike, state_dict: dict | None = 
         from lmforge.compress.quantize import checkpoint_entry
 
         meta["quantization"], tensors = checkpoint_entry(model, tensors)
+    if getattr(model, "adaptation", None) is not None:  # a fine-tuning method (lmforge.adapt): applied again on load
+        meta["adaptation"] = model.adaptation.to_dict()
     atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     return folder
@@ -110,6 +115,13 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32, over
             tensors = restore_quantized(model, meta["quantization"], tensors, str(meta_path))
         except QuantError as err:
             raise CheckpointError(str(err)) from None
+    if "adaptation" in meta:  # the method's modules (LoRA, adapters, prefixes), empty, to take the stored tensors
+        from lmforge.adapt import AdaptConfig, AdaptError, adapt
+
+        try:
+            adapt(model, AdaptConfig.from_dict(meta["adaptation"], source=f"{meta_path}: adaptation"))
+        except AdaptError as err:
+            raise CheckpointError(f"{meta_path}: {err}") from None
     expected = model.state_dict()
     base = meta.get("base")
     if base:

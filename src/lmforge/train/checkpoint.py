@@ -60,8 +60,10 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, data_state: dict,
                     extra: dict | None = None, keep_last: int = 2, best_metric: str | None = None,
-                    is_main: bool = True, scaler=None, base: dict | None = None) -> Path:
-    """Write `run_dir/step-XXXXXXX/` atomically, then prune to the last `keep_last` (plus `best`).
+                    greater_is_better: bool = False, is_main: bool = True, scaler=None,
+                    base: dict | None = None) -> Path:
+    """Write `run_dir/step-XXXXXXX/` atomically, then prune to the last `keep_last` (plus the best by
+    `best_metric`, a key of `extra`, smallest or with `greater_is_better` largest).
 
     Every rank calls this (gathering sharded FSDP state is collective); only the main rank writes.
     With `base` ({"path", "sha256"}), only the trainable parameters are stored, and the base is named.
@@ -84,21 +86,33 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, da
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)  # atomic on POSIX: the folder appears complete or not at all
-    _prune(run_dir, keep_last, best_metric)
+    _prune(run_dir, keep_last, best_metric, greater_is_better)
     return final
 
 
-def _prune(run_dir: Path, keep_last: int, best_metric: str | None) -> None:
+def _prune(run_dir: Path, keep_last: int, best_metric: str | None, greater_is_better: bool = False) -> None:
     ckpts = list_checkpoints(run_dir)
     keep = set(ckpts[-keep_last:]) if keep_last > 0 else set(ckpts)
     if best_metric:
-        scored = [(json.loads((c / "state.json").read_text()).get(best_metric), c) for c in ckpts]
-        scored = [(v, c) for v, c in scored if v is not None]
-        if scored:
-            keep.add(min(scored, key=lambda vc: vc[0])[1])
+        best = best_checkpoint(run_dir, best_metric, greater_is_better)
+        if best is not None:
+            keep.add(best)
     for c in ckpts:
         if c not in keep:
             shutil.rmtree(c, ignore_errors=True)
+
+
+def best_checkpoint(run_dir: Path, metric: str, greater_is_better: bool = False) -> Path | None:
+    """The checkpoint with the best `metric` in its state.json (the earliest of ties), or None if none has it."""
+    scored = []
+    for c in list_checkpoints(run_dir):
+        try:
+            value = json.loads((c / "state.json").read_text()).get(metric)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(value, (int, float)):
+            scored.append((-value if greater_is_better else value, c.name, c))
+    return min(scored)[2] if scored else None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

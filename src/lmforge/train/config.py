@@ -38,6 +38,20 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class TaskData:
+    """The labelled files of a fine-tuning run."""
+
+    train: str = ""
+    """Training rows: JSONL, CSV or TSV (column names: `task_options`)."""
+    val: str = ""
+    """Validation rows, evaluated every `evals_per_epoch` of an epoch (the metric picks the best checkpoint)."""
+    test: str | None = None
+    """Held-out rows, evaluated once with the best checkpoint at the end."""
+    tokenizer: str | None = None
+    """The tokenizer folder; None: the checkpoint's own (its folder, or the GGUF file's)."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How to train."""
 
@@ -80,6 +94,12 @@ class TrainConfig:
     """Write a checkpoint every this many steps (and at the end, and at the time limit)."""
     keep_last: int = 2
     """Checkpoints kept (plus the best by validation loss); 0 keeps all."""
+    best_metric: str = "val_loss"
+    """The validation metric that picks the best checkpoint (kept besides the last ones) and drives early stopping:
+    val_loss or val_ppl (lower is better), or a task metric of fine-tuning (val_accuracy, val_entity_f1,
+    val_f1, val_rougeL, ...: higher is better)."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations in a row without a better `best_metric` (None: never stop early)."""
     checkpoint_trainable_only: bool = False
     """Store only the trainable parameters in checkpoints, with the path and sha256 of the frozen base
     (needs model.checkpoint); resuming checks the base is unchanged."""
@@ -117,7 +137,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 problems.append(f"train.{name}={value!r} must be a positive integer")
-        for name in ("micro_batch_size", "eval_batches"):
+        for name in ("micro_batch_size", "eval_batches", "early_stopping_patience"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 problems.append(f"train.{name}={value!r} must be a positive integer or null")
@@ -174,6 +194,11 @@ class TrainConfig:
                             "lower train.seq_len or raise model.overrides.max_seq_len")
         if problems:
             raise ConfigError("invalid training configuration: " + "; ".join(problems))
+
+    @property
+    def greater_is_better(self) -> bool:
+        """Whether a larger `best_metric` is better (losses, perplexities and errors are better smaller)."""
+        return not any(word in self.best_metric for word in ("loss", "ppl", "mse", "error"))
 
     def micro_batches(self, dp_size: int = 1) -> tuple[int, int]:
         """(micro-batch size, accumulation steps) per data-parallel rank and optimizer step.

@@ -57,13 +57,15 @@ def train(model, objective, train_data, val_data, cfg: TrainConfig, run_dir: Pat
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     loader = objective.train_loader(train_data, cfg.batch_size, cfg.seq_len, cfg.seed, env.dp_rank, env.dp_size)
     say = print if env.is_main else (lambda *a, **k: None)
-    step, best = 0, math.inf
+    greater = cfg.greater_is_better
+    step, best, stale = 0, -math.inf if greater else math.inf, 0  # stale: evaluations since the best one
     if resume:
         resumed_from, state = ckpt.resume_latest(run_dir, log=say, model=raw, optimizer=optimizer,
                                                  scheduler=scheduler, scaler=scaler, base=base)
         if state is not None:
             loader.load_state_dict(state["data"])
-            step, best = state["step"], state.get("best_val_loss", math.inf)
+            step, best = state["step"], state.get("best", state.get("best_val_loss", best))
+            stale = state.get("stale_evals", 0)
             say(f"resumed from {resumed_from} at step {step}")
     if cfg.compile:
         model = torch.compile(model)
@@ -139,36 +141,53 @@ def train(model, objective, train_data, val_data, cfg: TrainConfig, run_dir: Pat
             bar.update(1)
 
         out_of_time = cfg.time_limit is not None and time.perf_counter() - start > cfg.time_limit * 60
+        stop_early, val = False, None
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             final = step == cfg.steps or out_of_time  # the last evaluation always covers the whole split
             val = evaluate(model, objective, val_data, cfg, env, precision, max_batches=None if final else cfg.eval_batches)
-            best = min(best, val["val_loss"])
+            if cfg.best_metric not in val:
+                raise ConfigError(f"train.best_metric={cfg.best_metric!r} is not measured here; the evaluation "
+                                  f"gives {', '.join(k for k in val if isinstance(val[k], float))}")
+            value = val[cfg.best_metric]
+            if (value > best) if greater else (value < best):
+                best, stale = value, 0
+            else:
+                stale += 1
+            stop_early = cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience
             log.log(step, **val)
             if env.is_main:
-                note = f"step {step}: val_loss {val['val_loss']:.4f}, val_ppl {val['val_ppl']:.2f}"
+                note = f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
                 bar.write(note) if bar is not None else print(note, flush=True)
             last.update(val)
             if on_eval is not None and env.is_main:
                 on_eval(step, val)
         if on_sample is not None and env.is_main and cfg.sample_every and step % cfg.sample_every == 0:
             on_sample(raw, step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time or stop_early:
+            # The metrics go with the checkpoint only when these very weights were evaluated (keep-best reads them).
+            measured = {k: v for k, v in val.items() if isinstance(v, (int, float))} if val is not None else {}
             ckpt.save_checkpoint(run_dir, step, model=raw, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                  base=base if cfg.checkpoint_trainable_only else None,
                                  data_state=loader.state_dict(), is_main=env.is_main,
-                                 extra={"best_val_loss": best, "val_loss": last.get("val_loss")},
-                                 keep_last=cfg.keep_last, best_metric="val_loss")
+                                 extra={"best": best, "best_metric": cfg.best_metric, "stale_evals": stale, **measured},
+                                 keep_last=cfg.keep_last, best_metric=cfg.best_metric, greater_is_better=greater)
             barrier(env)
         if out_of_time:
             if env.is_main:
                 print(f"time limit of {cfg.time_limit} min reached at step {step}")
+            break
+        if stop_early:
+            if env.is_main:
+                print(f"early stopping at step {step}: {cfg.best_metric} has not improved on {best:.4f} for "
+                      f"{stale} evaluations")
             break
     if bar is not None:
         bar.close()
     log.close()
     elapsed = time.perf_counter() - start
     summary = {"step": step, **last, "precision": precision, "trained_steps": step - first_step,
-               "trained_tokens": trained_tokens, "seconds": round(elapsed, 1)}
+               "trained_tokens": trained_tokens, "seconds": round(elapsed, 1), "best_metric": cfg.best_metric,
+               "best": best}
     if env.is_main:
         print(_summary_line(summary, best), flush=True)
     return summary
@@ -192,8 +211,13 @@ def evaluate(model, objective, data, cfg: TrainConfig, env: DistEnv, precision: 
         torch.distributed.all_reduce(total)
         total /= env.tp_size  # the ranks of a TP group evaluated the same batches
     val_loss = float(total[0] / total[1].clamp(min=1))
-    return {"val_loss": round(val_loss, 6), "val_ppl": round(math.exp(min(val_loss, 50)), 3),
-            "val_tokens": int(total[1])}
+    out = {"val_loss": round(val_loss, 6), "val_ppl": round(math.exp(min(val_loss, 50)), 3),
+           "val_tokens": int(total[1])}
+    if hasattr(objective, "eval_metrics"):  # a task's own metrics (fine-tuning: accuracy, entity F1, ROUGE-L, ...)
+        with autocast(precision, env.device):
+            out.update({f"val_{k}": round(float(v), 6) for k, v in objective.eval_metrics(unwrap(model), data,
+                                                                                          env.device).items()})
+    return out
 
 
 def _progress(cfg: TrainConfig, step: int, env: DistEnv, precision: str):
@@ -211,7 +235,9 @@ def _summary_line(summary: dict, best: float) -> str:
     parts = [f"done: step {summary['step']} ({summary['trained_steps']} trained in {minutes:.1f} min, "
              f"{summary['trained_tokens']:,} tokens, {tok_s:,.0f} tok/s, {summary['precision']})"]
     if "val_loss" in summary:
-        parts.append(f"val_loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f}), best {best:.4f}")
+        parts.append(f"val_loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f})")
+    if summary.get("best_metric") in summary:
+        parts.append(f"best {summary['best_metric']} {best:.4f}")
     if summary.get("skipped_steps"):
         parts.append(f"{summary['skipped_steps']} NaN/Inf steps skipped")
     return "; ".join(parts)
