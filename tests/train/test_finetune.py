@@ -142,6 +142,43 @@ def test_lora_learns_and_writes_its_folders(pretrained, files, tmp_path):
     assert ckpt["tensors"] == "trainable" and ckpt["adaptation"]["method"] == "lora"
 
 
+def test_a_qlora_checkpoint_holds_the_adapter_only_and_loads_back(pretrained, files, tmp_path):
+    from lmforge.compress.quantize import QuantLinear
+    from lmforge.interop.native import load_model
+
+    out = tmp_path / "run"
+    result = _run(pretrained, files, out, method="qlora", epochs=1.0, quantize="int8", r=4)
+    ckpt = out / result["best_checkpoint"] / "model"
+    meta = json.loads((ckpt / "lmforge.json").read_text())
+    assert meta["tensors"] == "trainable" and meta["adaptation"]["method"] == "qlora" and "quantization" in meta
+    # The delta's base is quantized again on loading (deterministically): the same model as the full save.
+    delta, whole = load_model(ckpt), load_model(out / "model")
+    assert isinstance(delta.body.encoder.blocks[0].attn.q_proj, QuantLinear)
+    ids = torch.randint(5, 100, (3, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(delta(ids), whole(ids), rtol=0, atol=0)
+
+
+def test_parameters_the_base_lacks_train_and_are_checkpointed(random_base, files, tmp_path):
+    """A masked-LM export has no pooler: the classifier's pooler is new, so it trains (and is stored) with every
+    method, and a trainable-only checkpoint reloads to the very model that was evaluated."""
+    from lmforge.interop import load_any, save_pretrained
+    from lmforge.interop.native import load_model
+    from lmforge.tokenizers import Tokenizer
+
+    masked = tmp_path / "mlm"
+    save_pretrained(load_any(random_base, task="masked-lm", overrides={"pooler": False}), masked)  # as MLM pretraining
+    Tokenizer.from_pretrained(random_base).save(masked)
+    assert "pooler.dense.weight" in load_any(masked, task="sequence-classification").newly_initialised
+    out = tmp_path / "run"
+    result = _run(masked, files, out, method="head", epochs=1.0)
+    delta = load_model(out / result["best_checkpoint"] / "model")
+    assert {"pooler.dense.weight", "head.proj.weight"} <= {n for n, p in delta.named_parameters() if p.requires_grad}
+    ids = torch.randint(5, 100, (3, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(delta(ids), load_model(out / "model")(ids), rtol=0, atol=0)
+
+
 def test_early_stopping_keeps_the_best_checkpoint(pretrained, files, tmp_path):
     base = pretrained
     out = tmp_path / "run"

@@ -83,7 +83,7 @@ def test_resume_with_another_objective_is_refused(tiny_data, tmp_path):
     data, tok = tiny_data
     run = tmp_path / "run"
     _run(tiny_data, run)
-    with pytest.raises(ConfigError, match="trained with objective 'clm', not 'mlm'"):
+    with pytest.raises(ConfigError, match="started with objective 'clm', not 'mlm'"):
         run_pretraining(DataSpec(str(data), str(tok)), ModelSpec("bert-tiny", TINY_MODEL), "mlm", _cfg(4), str(run),
                         resume=True, export=False)
 

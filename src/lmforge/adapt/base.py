@@ -65,6 +65,11 @@ def adapt(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
     if cfg.train_head and cfg.method not in ("full", "freeze"):
         for p in head_parameters(model):
             p.requires_grad_(True)
+    if cfg.also_train:
+        chosen = set(match_parameters(model, cfg.also_train, "also_train"))
+        for name, p in model.named_parameters():
+            if name in chosen:
+                p.requires_grad_(True)
     model.adaptation = cfg
     return model
 

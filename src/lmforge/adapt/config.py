@@ -22,6 +22,9 @@ class AdaptConfig:
     train_head: bool = True
     """Also train the task head (`head.*`: classifier, token tagger, span head), which is new to the task
     (PEFT's `modules_to_save`). The LM head of a causal/seq2seq LM is pretrained and stays frozen."""
+    also_train: list[str] = field(default_factory=list)
+    """Parameter-name patterns (fnmatch) that train besides the method's own, e.g. ["pooler.*"]; `lmforge finetune`
+    adds the parameters its checkpoint lacked (new to the task, like the head)."""
     freeze: list[str] = field(default_factory=list)
     """method=freeze: parameter-name patterns (fnmatch) to freeze, e.g. ["body.tokens.*", "body.encoder.blocks.[0-2].*"];
     everything else trains."""

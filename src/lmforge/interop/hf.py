@@ -191,6 +191,7 @@ def load_pretrained(path: str | os.PathLike, task: str | None = None, dtype: tor
         log.info("%s: %d checkpoint tensors not used by %s: %s", folder, len(unused), task, ", ".join(unused[:5]))
     model.load_state_dict({k: v for k, v in ours.items() if k in expected}, strict=False, assign=True)
     fresh = model.materialize()
+    model.newly_initialised = fresh  # what fine-tuning must train (or store) since no checkpoint holds it
     if fresh:
         log.warning("%s: newly initialised (not in the checkpoint): %s%s", folder, ", ".join(fresh),
                     f"; tied to the token embedding: {', '.join(tied)}" if tied else "")

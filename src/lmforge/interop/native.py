@@ -154,7 +154,14 @@ def _base_state(base: dict, folder: Path, meta: dict, cfg: ModelConfig) -> dict[
     if digest != base.get("sha256"):
         raise CheckpointError(f"{folder}: its base {where} changed since this checkpoint was written (sha256 "
                               f"{digest[:12]}, expected {str(base.get('sha256'))[:12]}); restore that base")
-    return load_any(where, task=meta["task"], overrides=base.get("overrides"), **meta.get("task_kwargs", {})).state_dict()
+    model = load_any(where, task=meta["task"], overrides=base.get("overrides"), **meta.get("task_kwargs", {}))
+    if "quantization" in meta:  # a frozen quantized base (QLoRA): packed as in training (quantizing is deterministic)
+        from lmforge.compress.quantize import QuantConfig, quantize_model
+
+        if meta["quantization"].get("fused"):
+            model.fuse_projections()
+        quantize_model(model, QuantConfig.from_dict(meta["quantization"]["config"], f"{folder}: quantization"))
+    return model.state_dict()
 
 
 def load_any(path: str | os.PathLike, dtype: torch.dtype = torch.float32, task: str | None = None,

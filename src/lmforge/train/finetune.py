@@ -33,7 +33,7 @@ from lmforge.train.config import ModelSpec, TaskData, TrainConfig
 from lmforge.train.distributed import barrier, setup, teardown
 from lmforge.train.loop import seed_everything, train
 from lmforge.train.objective_finetune import FinetuneObjective, TaskSplit
-from lmforge.train.rundir import clear_run_dir, plan_run_dir
+from lmforge.train.rundir import check_same_run, clear_run_dir, plan_run_dir
 
 
 def run_finetuning(data: TaskData, model: ModelSpec, task: TaskSpec, method: AdaptConfig, train_cfg: TrainConfig,
@@ -50,7 +50,7 @@ def run_finetuning(data: TaskData, model: ModelSpec, task: TaskSpec, method: Ada
         task_impl = get_task(task)
         start = plan_run_dir(run_dir, resume, overwrite)
         if resume and start.message is None:
-            _check_same_run(run_dir, task.name, method.method)
+            check_same_run(run_dir, {"task": task.name, "method": method.method})
         barrier(env)
         splits, tokenizer = _read(data, model, task_impl)
         train_split, val_split = splits["train"], splits["val"]
@@ -92,7 +92,7 @@ def run_finetuning(data: TaskData, model: ModelSpec, task: TaskSpec, method: Ada
             result.update(best_checkpoint=chosen.name, trainable_parameters=summary.trainable,
                           total_parameters=summary.total, method=method.method, task=task.name,
                           seconds_per_epoch=_seconds_per_epoch(result, len(train_split.features) // cfg.batch_size),
-                          peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+                          peak_rss_mib=peak_rss_mib())
             result["best_val"] = json.loads((chosen / "state.json").read_text())
             result["best_val"] = {k: v for k, v in result["best_val"].items() if k.startswith("val_")}
             if "test" in splits:
@@ -154,6 +154,13 @@ def _start_model(spec: ModelSpec, task, method: AdaptConfig, tokenizer, digest: 
                           f"{spec.checkpoint or spec.preset} is a {net.cfg.family!r} model")
     if method.method == "prompt":
         net.adapt_tokenizer = tokenizer  # the soft prompt may start from the embeddings of a text
+    # Parameters the checkpoint lacked (a head, the pooler a masked-LM export has not got) are new to the task:
+    # they train with every method (recorded in the method's config), so trainable-only checkpoints and
+    # adapter files hold them: the base cannot restore them.
+    fresh = [n for n in getattr(net, "newly_initialised", ()) if not n.startswith("head.")]
+    if fresh and method.method != "full":
+        method = dataclasses.replace(method, also_train=sorted(set(method.also_train) | set(fresh)))
+        print(f"not in {spec.checkpoint}, so trained with method {method.method}: {', '.join(fresh)}")
     adapt(net, method)
     net.__dict__.pop("adapt_tokenizer", None)  # (a tokenizer holds a lock: the model must stay copyable)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else net.cfg.pad_token_id
@@ -177,6 +184,18 @@ def _resolve_train(cfg: TrainConfig, task, n_features: int, epochs: float | None
     if trainable_only:
         changes["checkpoint_trainable_only"] = True
     return dataclasses.replace(cfg, **changes)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB: VmHWM (its own address space's high-water mark; `ru_maxrss`
+    would also count a parent's peak from before the fork), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _seconds_per_epoch(result: dict, per_epoch: int) -> float | None:
@@ -212,21 +231,6 @@ def _export(model, tokenizer, run_dir: Path, labels) -> None:
         print(f"Hugging Face export: {run_dir / 'hf'}")
     except (ConfigError, AdaptError) as err:
         print(f"no Hugging Face export: {err}")
-
-
-def _check_same_run(run_dir: Path, task: str, method: str) -> None:
-    """Refuse to resume a run with another task or method than it was started with."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return
-    try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    for key, value in (("task", task), ("method", method)):
-        if isinstance(saved, dict) and saved.get(key, value) != value:
-            raise ConfigError(f"{run_dir} was started with {key} {saved[key]!r}, not {value!r}: resume with "
-                              f"--{key} {saved[key]}, or start a new run")
 
 
 def _write(path: Path, text: str) -> None:

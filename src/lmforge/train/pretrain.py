@@ -22,7 +22,7 @@ from lmforge.train.distributed import barrier, setup, teardown
 from lmforge.train.loop import seed_everything, train
 from lmforge.train.objective import get_objective
 from lmforge.train.precision import resolve_precision
-from lmforge.train.rundir import clear_run_dir, plan_run_dir
+from lmforge.train.rundir import check_same_run, clear_run_dir, plan_run_dir
 
 
 def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg: TrainConfig, out_dir: str,
@@ -47,7 +47,7 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
             raise ConfigError("data.path is empty: give a folder written by `lmforge data prepare`")
         start = plan_run_dir(run_dir, resume, overwrite)  # every rank reads, before the main one writes
         if resume and start.message is None:
-            _check_same_objective(run_dir, objective)
+            check_same_run(run_dir, {"objective": objective})
         barrier(env)
         tokenizer = Tokenizer.from_pretrained(data.tokenizer) if data.tokenizer else None
         train_data = TokenDataset(data.path, "train", tokenizer)
@@ -151,20 +151,6 @@ def _check_tokenizer_matches(folder: Path, tokenizer, name: str) -> None:
 
 def _write(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def _check_same_objective(run_dir: Path, objective: str) -> None:
-    """Refuse to resume a run with another objective than the one it was started with."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        return
-    try:
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{saved_path}: not valid YAML ({err})") from None
-    if isinstance(saved, dict) and saved.get("objective", objective) != objective:
-        raise ConfigError(f"{run_dir} was trained with objective {saved['objective']!r}, not {objective!r}: "
-                          f"resume with --objective {saved['objective']}, or start a new run")
 
 
 def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int = 24,

@@ -72,3 +72,21 @@ def clear_run_dir(run_dir: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+def check_same_run(run_dir: Path, expected: dict[str, str]) -> None:
+    """Refuse to resume a run whose saved arguments (config.yaml) differ in one of `expected`'s keys
+    (the objective of a pretraining run; the task and method of a fine-tuning run)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    for key, value in expected.items():
+        if isinstance(saved, dict) and saved.get(key, value) != value:
+            raise ConfigError(f"{run_dir} was started with {key} {saved[key]!r}, not {value!r}: resume with "
+                              f"--{key} {saved[key]}, or start a new run")
