@@ -220,7 +220,11 @@ def _export(model, tokenizer, run_dir: Path, labels) -> None:
             save_peft(model, run_dir / "peft")
         except (ConfigError, AdaptError) as err:
             print(f"no PEFT export: {err}")
-        model = merge_and_unload(model)
+        try:
+            model = merge_and_unload(model)
+        except AdaptError as err:  # e.g. an adapted weight tied to another: the adapter stays unmerged
+            print(f"no Hugging Face export: {err}")
+            return
     if method in ("prefix", "prompt", "houlsby", "pfeiffer", "qlora"):
         print(f"no Hugging Face export: method {method} adds modules transformers' models do not have "
               "(the adapter/ and model/ folders hold the result)")
