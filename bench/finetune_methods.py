@@ -93,11 +93,9 @@ def spawn(spec: dict) -> dict:
 
 
 def _write_jsonl(path: Path, rows) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return str(path)
+    from lmforge.data.labelled import write_jsonl
+
+    return str(write_jsonl(rows, path))
 
 
 def tfidf_baseline(train: list[dict], test: list[dict], analyzer: str = "word") -> dict:

@@ -14,8 +14,8 @@ from tokenizers import Tokenizer as Backend
 from lmforge.data.errors import DataError
 from lmforge.models import build_model, get_preset
 from lmforge.tasks import Example, TaskSpec, get_task
-from lmforge.tasks.metrics import rouge_metrics
-from lmforge.tasks.seq2seq import has_cjk, rouge_scores
+from lmforge.tasks.metrics import has_cjk, rouge_metrics
+from lmforge.tasks.seq2seq import rouge_scores
 from lmforge.tokenizers import Tokenizer
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # BART's ids: bos 0, pad 1, eos 2

@@ -81,18 +81,24 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
             for p in getattr(model, attr).parameters()]
 
 
-def match_modules(model: nn.Module, patterns: list[str], kind: type | tuple[type, ...] = nn.Linear,
-                  field_name: str = "target_modules") -> list[str]:
-    """Names of the `kind` modules matching any of `patterns` (fnmatch); a pattern matching none is an error."""
-    if not patterns:
-        raise AdaptError(f"{field_name} is empty: name the modules to adapt, e.g. ['*q_proj', '*v_proj']")
-    names = [n for n, m in model.named_modules() if n and isinstance(m, kind)]
+def _match(names: list[str], patterns: list[str]) -> tuple[list[str], list[str]]:
+    """(names matching any pattern, in first-match order without repeats; the patterns that matched none)."""
     chosen, unmatched = [], []
     for pattern in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
             unmatched.append(pattern)
         chosen += [n for n in hits if n not in chosen]
+    return chosen, unmatched
+
+
+def match_modules(model: nn.Module, patterns: list[str], kind: type | tuple[type, ...] = nn.Linear,
+                  field_name: str = "target_modules") -> list[str]:
+    """Names of the `kind` modules matching any of `patterns` (fnmatch); a pattern matching none is an error."""
+    if not patterns:
+        raise AdaptError(f"{field_name} is empty: name the modules to adapt, e.g. ['*q_proj', '*v_proj']")
+    names = [n for n, m in model.named_modules() if n and isinstance(m, kind)]
+    chosen, unmatched = _match(names, patterns)
     if unmatched:
         kinds = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         examples = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in names})[:12])
@@ -104,12 +110,7 @@ def match_modules(model: nn.Module, patterns: list[str], kind: type | tuple[type
 def match_parameters(model: nn.Module, patterns: list[str], field_name: str = "freeze") -> list[str]:
     """Names of the parameters matching any of `patterns` (fnmatch); a pattern matching none is an error."""
     names = [n for n, _ in model.named_parameters()]
-    chosen, unmatched = [], []
-    for pattern in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-        if not hits:
-            unmatched.append(pattern)
-        chosen += [n for n in hits if n not in chosen]
+    chosen, unmatched = _match(names, patterns)
     if unmatched:
         raise AdaptError(f"{field_name}: {', '.join(map(repr, unmatched))} match no parameter of this model "
                          f"(e.g. {', '.join(names[:4])})")

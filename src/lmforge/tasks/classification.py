@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from lmforge.data.errors import DataError
 from lmforge.models.config import ConfigError
+from lmforge.objectives._common import pad_sequences
 from lmforge.tasks.base import Batch, Example, Feature, LabelMap, TaskSpec
 from lmforge.tasks.metrics import classification_metrics, regression_metrics
 
@@ -88,12 +89,6 @@ def join_encodings(tokenizer: Tokenizer, first: Encoding, second: Encoding | Non
 def _check_budget(budget: int, max_length: int, what: str) -> None:
     if budget < 1:
         raise ConfigError(f"task.max_length={max_length} leaves no room for {what} after the special tokens")
-
-
-def pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    """Right-pad lists of ints to the longest: (B, T) int64."""
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 def pad_id_of(tokenizer: Tokenizer) -> int:
@@ -198,9 +193,9 @@ class ClassificationTask:
     def collate(self, features: Sequence[Feature], pad_id: int) -> Batch:
         """Right-padded input_ids (B, T), attention_mask, token_type_ids, and labels (B,)."""
         ids = [f["input_ids"] for f in features]
-        return {"input_ids": pad(ids, pad_id),
-                "attention_mask": pad([[1] * len(r) for r in ids], 0),
-                "token_type_ids": pad([f["token_type_ids"] for f in features], 0),
+        return {"input_ids": pad_sequences(ids, pad_id),
+                "attention_mask": pad_sequences([[1] * len(r) for r in ids], 0),
+                "token_type_ids": pad_sequences([f["token_type_ids"] for f in features], 0),
                 "labels": self._label_tensor([f["label"] for f in features])}
 
     def _label_tensor(self, labels: list) -> torch.Tensor:

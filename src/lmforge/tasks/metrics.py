@@ -71,16 +71,41 @@ def squad_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]]) ->
     return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
 
 
-def rouge_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measures (rouge-score, with stemming), and the exact-match rate."""
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+"""Chinese, Japanese and Korean characters (rouge-score's tokenizer keeps only [a-z0-9] runs: it drops them)."""
+
+
+def has_cjk(text: str) -> bool:
+    """Whether `text` holds Chinese, Japanese or Korean characters."""
+    return _CJK.search(text) is not None
+
+
+class CharacterTokens:
+    """rouge-score tokenizer over characters: each letter, digit or CJK character (lower-cased) is a token."""
+
+    def tokenize(self, text: str) -> list[str]:
+        """The alphanumeric characters of `text`, lower-cased (punctuation and spaces dropped, as rouge-score does)."""
+        return [ch for ch in text.lower() if ch.isalnum()]
+
+
+def rouge_metrics(predictions: Sequence[str], references: Sequence[str],
+                  chars: bool | None = False) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measures (rouge-score) and the exact-match rate (stripped texts).
+
+    `chars=False`: over rouge-score's stemmed words; True: over characters (`CharacterTokens`); None: per pair,
+    over characters when its reference has CJK text, else over words.
+    """
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    totals = collections.Counter()
+    types = ["rouge1", "rouge2", "rougeL"]
+    words = rouge_scorer.RougeScorer(types, use_stemmer=True)
+    characters = rouge_scorer.RougeScorer(types, tokenizer=CharacterTokens())
+    totals = dict.fromkeys(types, 0.0)
     for pred, ref in zip(predictions, references):
-        for key, score in scorer.score(ref, pred).items():
+        by_chars = has_cjk(ref) if chars is None else chars
+        for key, score in (characters if by_chars else words).score(ref, pred).items():
             totals[key] += score.fmeasure
     n = max(len(predictions), 1)
-    out = {key: totals[key] / n for key in ("rouge1", "rouge2", "rougeL")}
+    out = {key: totals[key] / n for key in types}
     out["exact_match"] = sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / n
     return out

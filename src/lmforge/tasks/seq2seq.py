@@ -14,7 +14,6 @@ token; the usual practice for Chinese ROUGE), the others over rouge-score's word
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,6 +24,7 @@ from lmforge.data.errors import DataError
 from lmforge.objectives import pad_batch, seq2seq_loss, shift_right
 from lmforge.objectives._common import pad_sequences
 from lmforge.tasks.base import Batch, Example, Feature, TaskSpec
+from lmforge.tasks.metrics import rouge_metrics
 
 if TYPE_CHECKING:
     from lmforge.tokenizers import Tokenizer
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 
 # CJK ideographs (with extensions A and the compatibility block), kana and Hangul: scripts written without spaces.
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
 class Seq2SeqTask:
@@ -136,37 +135,7 @@ def cut_at_stop(ids: Sequence[int], stops: set[int]) -> list[int]:
     return list(ids)
 
 
-def has_cjk(text: str) -> bool:
-    """Whether `text` holds Chinese, Japanese or Korean characters (scored over characters by `rouge_scores`)."""
-    return _CJK.search(text) is not None
-
-
-class CharacterTokens:
-    """rouge-score tokenizer over characters: each letter, digit or CJK character (lower-cased) is a token."""
-
-    def tokenize(self, text: str) -> list[str]:
-        """The alphanumeric characters of `text`, lower-cased (punctuation and spaces dropped, as rouge-score does)."""
-        return [ch for ch in text.lower() if ch.isalnum()]
-
-
 def rouge_scores(predictions: Sequence[str], references: Sequence[str],
                  chars: bool | None = None) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measures and the exact-match rate (stripped texts), as `metrics.rouge_metrics`.
-
-    `chars`: score over characters (`CharacterTokens`); None: per pair, when its reference has CJK text
-    (see the module docstring), else over rouge-score's stemmed words.
-    """
-    from rouge_score import rouge_scorer
-
-    types = ["rouge1", "rouge2", "rougeL"]
-    words = rouge_scorer.RougeScorer(types, use_stemmer=True)
-    characters = rouge_scorer.RougeScorer(types, tokenizer=CharacterTokens())
-    totals = dict.fromkeys(types, 0.0)
-    for pred, ref in zip(predictions, references):
-        by_chars = has_cjk(ref) if chars is None else chars
-        for key, score in (characters if by_chars else words).score(ref, pred).items():
-            totals[key] += score.fmeasure
-    n = max(len(predictions), 1)
-    out = {key: totals[key] / n for key in types}
-    out["exact_match"] = sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / n
-    return out
+    """`metrics.rouge_metrics` choosing, per pair, characters where the reference has CJK text (`chars=None`)."""
+    return rouge_metrics(predictions, references, chars=chars)

@@ -30,8 +30,9 @@ from torch.nn import functional as F
 
 from lmforge.data.errors import DataError
 from lmforge.models.config import ConfigError
+from lmforge.objectives._common import pad_sequences
 from lmforge.tasks.base import Batch, Example, Feature, LabelMap, TaskSpec
-from lmforge.tasks.classification import model_device, pad, pad_id_of
+from lmforge.tasks.classification import model_device, pad_id_of
 from lmforge.tasks.metrics import entity_metrics
 
 if TYPE_CHECKING:
@@ -178,10 +179,10 @@ class TokenClassificationTask:
     def collate(self, features: Sequence[Feature], pad_id: int) -> Batch:
         """Right-padded input_ids (B, T), attention_mask, token_type_ids; labels (B, T), IGNORE-padded."""
         ids = [f["input_ids"] for f in features]
-        return {"input_ids": pad(ids, pad_id),
-                "attention_mask": pad([[1] * len(r) for r in ids], 0),
-                "token_type_ids": pad([f["token_type_ids"] for f in features], 0),
-                "labels": pad([f["labels"] for f in features], IGNORE)}
+        return {"input_ids": pad_sequences(ids, pad_id),
+                "attention_mask": pad_sequences([[1] * len(r) for r in ids], 0),
+                "token_type_ids": pad_sequences([f["token_type_ids"] for f in features], 0),
+                "labels": pad_sequences([f["labels"] for f in features], IGNORE)}
 
     # ------------------------------------------------------------------------ loss, metrics
 
