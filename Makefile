@@ -9,7 +9,7 @@ TORCH    ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint unit assets bench clean
+.PHONY: demo test lint unit assets browser bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -23,13 +23,17 @@ install: $(VENV)/.installed
 assets: $(VENV)/.installed
 	PYTHON=$(PYTHON) bash scripts/fetch_assets.sh
 
+# Debian's chromium, for the report's headless-browser test (skipped without it, except under CI=true).
+browser:
+	bash scripts/install_browser.sh || test "$${CI:-}" != true
+
 demo: assets
 	$(BIN)/lmforge demo
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench
 
-test: assets lint
+test: assets browser lint
 	$(BIN)/pytest -q
 
 # The quick local loop: no fetched assets needed.

@@ -15,9 +15,9 @@ from tokenizers import Tokenizer as Backend
 
 from lmforge.data.errors import DataError
 from lmforge.data.synthetic_qa import squad_like
+from lmforge.evaluate.qa import normalize_answer, squad_metrics
 from lmforge.models import build_model, get_preset
 from lmforge.tasks import Example, TaskSpec, get_task
-from lmforge.tasks.metrics import normalize_answer, squad_metrics
 from lmforge.tasks.qa import answer_tokens, best_answers, best_span, context_windows
 from lmforge.tokenizers import Tokenizer
 

@@ -12,9 +12,9 @@ from tokenizers import AddedToken, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
 from lmforge.data.errors import DataError
+from lmforge.evaluate.generation import has_cjk, rouge_metrics
 from lmforge.models import build_model, get_preset
 from lmforge.tasks import Example, TaskSpec, get_task
-from lmforge.tasks.metrics import has_cjk, rouge_metrics
 from lmforge.tasks.seq2seq import rouge_scores
 from lmforge.tokenizers import Tokenizer
 

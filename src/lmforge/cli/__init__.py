@@ -24,7 +24,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmforge import __version__
-from lmforge.cli import chat, convert, data, demo, finetune, generate, pretrain, quantize, serve, tokenizer
+from lmforge.cli import (
+    chat,
+    convert,
+    data,
+    demo,
+    evaluate,
+    finetune,
+    generate,
+    pretrain,
+    quantize,
+    serve,
+    tokenizer,
+)
 
 # verb -> function, or verb -> {sub-verb -> function}. No logic lives in this file.
 VERBS: dict[str, Callable | dict[str, Callable]] = {
@@ -36,6 +48,7 @@ VERBS: dict[str, Callable | dict[str, Callable]] = {
         "labelled": data.labelled,
     },
     "demo": demo.demo,
+    "evaluate": evaluate.evaluate,
     "finetune": finetune.finetune,
     "generate": generate.generate,
     "pretrain": pretrain.pretrain,
@@ -53,6 +66,7 @@ USER_ERRORS = [
     ("lmforge.adapt.config", "AdaptError"),
     ("lmforge.compress.quantize", "QuantError"),
     ("lmforge.data.errors", "DataError"),
+    ("lmforge.evaluate.errors", "EvaluationError"),
     ("lmforge.generate.chat", "ChatError"),
     ("lmforge.generate.console", "OptionError"),
     ("lmforge.interop.hf", "CheckpointError"),

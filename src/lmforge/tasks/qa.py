@@ -9,7 +9,7 @@ first answer's start and end tokens, or (0, 0) (the CLS position: "not here") wh
 wholly inside it. At evaluation every window of an example proposes its `n_best` best starts and ends;
 the best valid span over all of them (inside the context, end >= start, at most `max_answer_tokens`
 long, scored start + end logit) is the prediction, cut from the context by the tokens' character
-offsets, and scored by SQuAD's exact match and F1 (`lmforge.tasks.metrics.squad_metrics`).
+offsets, and scored by SQuAD's exact match and F1 (`lmforge.evaluate.qa.squad_metrics`).
 
 SQuAD v2's unanswerable questions (empty answers) are not supported: every row needs an answer.
 """
@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.data.errors import DataError
+from lmforge.evaluate.qa import squad_metrics
 from lmforge.objectives import pad_batch
 from lmforge.tasks.base import Batch, Example, Feature, TaskSpec
-from lmforge.tasks.metrics import squad_metrics
 
 if TYPE_CHECKING:
     from lmforge.tokenizers import Tokenizer

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from lmforge.data.errors import DataError
+from lmforge.evaluate.generation import rouge_metrics
 from lmforge.objectives import pad_batch, seq2seq_loss, shift_right
 from lmforge.objectives._common import pad_sequences
 from lmforge.tasks.base import Batch, Example, Feature, TaskSpec
-from lmforge.tasks.metrics import rouge_metrics
 
 if TYPE_CHECKING:
     from lmforge.tokenizers import Tokenizer
@@ -137,5 +137,6 @@ def cut_at_stop(ids: Sequence[int], stops: set[int]) -> list[int]:
 
 def rouge_scores(predictions: Sequence[str], references: Sequence[str],
                  chars: bool | None = None) -> dict[str, float]:
-    """`metrics.rouge_metrics` choosing, per pair, characters where the reference has CJK text (`chars=None`)."""
+    """`lmforge.evaluate.generation.rouge_metrics` choosing, per pair, characters where the reference has CJK
+    text (`chars=None`)."""
     return rouge_metrics(predictions, references, chars=chars)

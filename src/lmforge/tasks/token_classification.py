@@ -29,11 +29,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from lmforge.data.errors import DataError
+from lmforge.evaluate.tagging import entity_metrics
 from lmforge.models.config import ConfigError
 from lmforge.objectives._common import pad_sequences
 from lmforge.tasks.base import Batch, Example, Feature, LabelMap, TaskSpec
 from lmforge.tasks.classification import model_device, pad_id_of
-from lmforge.tasks.metrics import entity_metrics
 
 if TYPE_CHECKING:
     from lmforge.tokenizers import Tokenizer

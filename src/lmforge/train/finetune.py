@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import resource
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 import yaml
 
 from lmforge.adapt import AdaptConfig, AdaptError, adapt, save_adapter, trainable_summary
+from lmforge.evaluate.efficiency import peak_memory_mib as peak_rss_mib
 from lmforge.models.config import ConfigError
 from lmforge.tasks import TaskSpec, get_task
 from lmforge.train.checkpoint import best_checkpoint, latest_checkpoint
@@ -184,18 +184,6 @@ def _resolve_train(cfg: TrainConfig, task, n_features: int, epochs: float | None
     if trainable_only:
         changes["checkpoint_trainable_only"] = True
     return dataclasses.replace(cfg, **changes)
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory in MiB: VmHWM (its own address space's high-water mark; `ru_maxrss`
-    would also count a parent's peak from before the fork), else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _seconds_per_epoch(result: dict, per_epoch: int) -> float | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmforge.evaluate.lm import validation_metrics
 from lmforge.models.config import ConfigError
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.config import TrainConfig
@@ -144,7 +145,8 @@ def train(model, objective, train_data, val_data, cfg: TrainConfig, run_dir: Pat
         stop_early, val = False, None
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             final = step == cfg.steps or out_of_time  # the last evaluation always covers the whole split
-            val = evaluate(model, objective, val_data, cfg, env, precision, max_batches=None if final else cfg.eval_batches)
+            val = validation_metrics(model, objective, val_data, cfg, env, precision,
+                                     max_batches=None if final else cfg.eval_batches)
             if cfg.best_metric not in val:
                 raise ConfigError(f"train.best_metric={cfg.best_metric!r} is not measured here; the evaluation "
                                   f"gives {', '.join(k for k in val if isinstance(val[k], float))}")
@@ -193,31 +195,7 @@ def train(model, objective, train_data, val_data, cfg: TrainConfig, run_dir: Pat
     return summary
 
 
-@torch.no_grad()
-def evaluate(model, objective, data, cfg: TrainConfig, env: DistEnv, precision: str = "fp32",
-             max_batches: int | None = None) -> dict:
-    """Validation loss (mean nats per target) and perplexity over the validation split (or its first batches)."""
-    model.eval()
-    total, count = torch.zeros(2, dtype=torch.float64), 0
-    loader = objective.eval_loader(data, cfg.micro_batch_size or cfg.batch_size, cfg.seq_len, env.dp_rank, env.dp_size)
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        with autocast(precision, env.device):
-            loss_sum, n = objective.eval_sums(model, batch, env.device)
-        total += torch.tensor([loss_sum, n], dtype=torch.float64)
-        count += 1
-    if env.enabled:
-        torch.distributed.all_reduce(total)
-        total /= env.tp_size  # the ranks of a TP group evaluated the same batches
-    val_loss = float(total[0] / total[1].clamp(min=1))
-    out = {"val_loss": round(val_loss, 6), "val_ppl": round(math.exp(min(val_loss, 50)), 3),
-           "val_tokens": int(total[1])}
-    if hasattr(objective, "eval_metrics"):  # a task's own metrics (fine-tuning: accuracy, entity F1, ROUGE-L, ...)
-        with autocast(precision, env.device):
-            out.update({f"val_{k}": round(float(v), 6) for k, v in objective.eval_metrics(unwrap(model), data,
-                                                                                          env.device).items()})
-    return out
+evaluate = validation_metrics  # the trainer's old name (`lmforge.train.evaluate`), kept as an alias
 
 
 def _progress(cfg: TrainConfig, step: int, env: DistEnv, precision: str):
