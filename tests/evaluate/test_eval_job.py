@@ -5,33 +5,15 @@ side, and the bad inputs the issue names (an empty file, a label-set mismatch, a
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from _sentiment import sentiment_rows as _rows
+from _sentiment import write_jsonl as _jsonl
 
-POSITIVE = "good great fine lovely superb".split()
-NEGATIVE = "bad awful poor dull terrible".split()
-FILLER = "the a movie film plot actor scene story was is and very quite it this".split()
 TINY = {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_ff": 128, "max_seq_len": 64}
-
-
-def _rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.choice(["pos", "neg"])
-        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 9))]
-        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
-
-
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -16,28 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _sentiment import sentiment_rows as _rows
+from _sentiment import write_jsonl as _jsonl
 
-POSITIVE = "good great fine lovely superb".split()
-NEGATIVE = "bad awful poor dull terrible".split()
-FILLER = "the a movie film plot actor scene story was is and very quite it this".split()
 TINY = {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_ff": 128, "max_seq_len": 64}
-
-
-def _rows(n: int, seed: int) -> list[dict]:
-    """Sentences whose label is the sentiment word they hold (one per sentence, among filler)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.choice(["pos", "neg"])
-        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 9))]
-        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
-
-
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
