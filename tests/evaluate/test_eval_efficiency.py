@@ -158,6 +158,18 @@ def test_peak_memory_is_the_high_water_mark():
     assert peak_memory_mib() >= peak - 1  # a high-water mark does not go down (the kernel's counts are approximate)
 
 
+def test_reset_peak_memory_starts_a_new_high_water_mark():
+    from lmforge.evaluate.efficiency import reset_peak_memory
+
+    block = np.ones(96 * 2**20 // 8)  # 96 MiB, touched, then freed
+    del block
+    before = peak_memory_mib()
+    if not reset_peak_memory():
+        pytest.skip("no /proc/self/clear_refs here")
+    after = peak_memory_mib()
+    assert after < before - 48 and after >= _statm_rss_mib() - 1
+
+
 def test_measure_smoke(tmp_path):
     from lmforge.tokenizers import train_tokenizer
 

@@ -118,8 +118,7 @@ def peak_memory_mib() -> float:
     """This process's peak resident memory in MiB: VmHWM (its own address space's high-water mark; `ru_maxrss`
     would also count a parent's peak from before the fork), else ru_maxrss.
 
-    A high-water mark since the process started: it never goes down, so measure a model in a fresh process
-    to read its own peak."""
+    A high-water mark since the process started or since `reset_peak_memory()`: it never goes down by itself."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -127,6 +126,16 @@ def peak_memory_mib() -> float:
     except OSError:
         pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def reset_peak_memory() -> bool:
+    """Reset VmHWM to the current resident memory (Linux: "5" written to /proc/self/clear_refs), so the next
+    `peak_memory_mib()` is the peak since now; False where that cannot be done (the peak then stays the process's)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def measure(model, tokenizer, texts: Sequence[str], batch_size: int = 1, n: int = 32, warmup: int | None = None,

@@ -102,8 +102,8 @@ figure{margin:10px 0}
 figure img{display:block;max-width:100%;height:auto}
 figcaption{color:var(--muted);font-size:12.5px;margin-top:4px}
 blockquote{margin:6px 0 10px;padding:6px 12px;border-left:3px solid var(--line);color:#39414f}
-.tokens{line-height:2.1;font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:13.5px}
-.tok{padding:2px 3px;border-radius:3px;margin-right:2px;white-space:pre}
+.tokens{display:flex;flex-wrap:wrap;gap:4px 2px;line-height:1.6;font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:13.5px}
+.tok{padding:2px 3px;border-radius:3px;white-space:pre}
 footer{color:var(--muted);font-size:12.5px;padding:4px 0 28px}
 @media print{body{background:#fff}section,nav.toc{break-inside:avoid;border-color:#bbb}header{background:#fff;
 color:#000}.model{background:#fff;border-color:#bbb}.model .facts,.model code,header .meta{color:#333}}

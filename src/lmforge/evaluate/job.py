@@ -172,6 +172,7 @@ class EvalSettings:
 def run_evaluation(models: Sequence[str], settings: EvalSettings, report_dir: str | None = None,
                    names: Sequence[str] | None = None, title: str | None = None) -> dict:
     """Evaluate every model; write report.json and report.html to `report_dir` when given; return the report."""
+    from lmforge.evaluate.efficiency import reset_peak_memory
     from lmforge.evaluate.report import add_model, new_report
 
     if not models:
@@ -189,6 +190,7 @@ def run_evaluation(models: Sequence[str], settings: EvalSettings, report_dir: st
     report = new_report(title or f"lmforge evaluation: {', '.join(r.name for r in refs)}")
     for ref in refs:
         start = time.perf_counter()
+        reset_peak_memory()  # each model's peak memory is its own (from its load on), not the process's
         print(f"[evaluate] {ref.name}: loading {ref.path}", flush=True)
         info, results = evaluate_model(ref, settings)
         add_model(report, ref.name, info, plain(results))
