@@ -676,8 +676,8 @@ def _section_multiple_choice(page: _Page) -> str:
                _Column("n", _at("multiple_choice", "n"), None, _count),
                _Column("Shots", _at("multiple_choice", "num_fewshot"), None, _count),
                _Column("Scored by", _at("multiple_choice", "source"), None, str)]
-    return ('<p class="note">The choice with the highest log-likelihood (acc) or log-likelihood per byte '
-            "(acc_norm), as lm-eval scores it.</p>" + _model_table(page, names, columns))
+    return ('<p class="note">The choice with the highest log-likelihood (acc) or log-likelihood per character '
+            "of the choice (acc_norm), as lm-eval scores it.</p>" + _model_table(page, names, columns))
 
 
 def _better_for(metric: str) -> str | None:
