@@ -147,3 +147,45 @@ def test_the_cli_reports_bad_input_in_one_line(finetuned, tmp_path, capsys):
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert "empty.jsonl" in err and "Traceback" not in err
+
+
+def test_a_seq2seq_model_gets_bleu_chrf_rouge_and_its_outputs(tmp_path):
+    import random
+
+    from sacrebleu.metrics import BLEU, CHRF
+    from tokenizers import AddedToken, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer as Backend
+
+    from lmforge.evaluate.job import run_evaluation
+    from lmforge.interop.native import save_model
+    from lmforge.models import build_model, get_preset
+    from lmforge.tokenizers import Tokenizer
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    backend = Backend(models.WordLevel({t: i for i, t in enumerate(specials + list("0123456789"))}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok = Tokenizer(backend, {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>"})
+    torch.manual_seed(0)
+    model = build_model(get_preset("bart-tiny", vocab_size=14, d_model=64, n_layers=2, n_heads=4, d_ff=128,
+                                   max_seq_len=32), task="seq2seq-lm")
+    save_model(model, tmp_path / "bart")
+    tok.save(tmp_path / "bart")
+    rng = random.Random(0)
+    rows = []
+    for _ in range(5):
+        digits = [rng.choice("0123456789") for _ in range(rng.randint(3, 6))]
+        rows.append({"text": " ".join(digits), "target": " ".join(reversed(digits))})
+    data = _jsonl(tmp_path / "pairs.jsonl", rows)
+    report = run_evaluation([str(tmp_path / "bart")], _settings(data=str(data), task_options={"max_new_tokens": 6}),
+                            report_dir=str(tmp_path / "r"))
+    gen = report["results"]["bart"]["generation"]
+    assert gen["n"] == 5 and len(gen["samples"]) == 5
+    outputs = [s["prediction"] for s in gen["samples"]]
+    assert [s["reference"] for s in gen["samples"]] == [r["target"] for r in rows]
+    assert gen["bleu"] == pytest.approx(BLEU().corpus_score(outputs, [[r["target"] for r in rows]]).score)
+    assert gen["chrf"] == pytest.approx(CHRF().corpus_score(outputs, [[r["target"] for r in rows]]).score)
+    assert {"rouge1", "rouge2", "rougeL", "exact_match"} <= set(gen)
+    page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    assert "first outputs" in page and all(r["target"] in page for r in rows)

@@ -664,7 +664,18 @@ def _section_generation(page: _Page) -> str:
                _Column("Exact match", _at("generation", "exact_match"), "high"),
                _Column("n", _at("generation", "n"), None, _count)]
     table = _model_table(page, names, columns)
-    return '<p class="note">BLEU and chrF by sacrebleu; ROUGE by rouge-score.</p>' + table if table else ""
+    if not table:
+        return ""
+    samples = []
+    for name in names:  # a few outputs next to their references, when the job kept them
+        rows = [r for r in page.results[name]["generation"].get("samples") or [] if isinstance(r, dict)]
+        if rows:
+            cell = '<td class="l" style="white-space:normal">{}</td>'
+            body = "".join("<tr>" + cell.format(_esc(r.get("prediction", ""))) + cell.format(_esc(r.get("reference", "")))
+                           + "</tr>" for r in rows)
+            samples.append(f"<h3>{page.swatch(name)} {_esc(name)}: first outputs</h3><table><tr><th>Output</th>"
+                           f"<th>Reference</th></tr>{body}</table>")
+    return '<p class="note">BLEU and chrF by sacrebleu; ROUGE by rouge-score.</p>' + table + "".join(samples)
 
 
 def _section_multiple_choice(page: _Page) -> str:

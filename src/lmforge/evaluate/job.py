@@ -516,6 +516,13 @@ def _labelled_task(model, tokenizer, ref: ModelRef, task: str, settings: EvalSet
     examples, features = _read_split(path, impl, tokenizer, "--data")
     if settings.limit:
         examples, features = _limit(examples, features, settings.limit)
+    if task in ("seq2seq", "chat"):  # BLEU, chrF, ROUGE and exact match of the greedy outputs, and a few of them
+        from lmforge.evaluate.generation import generation_metrics
+
+        predictions, references = impl.predict_texts(model, examples, features, tokenizer, settings.batch_size)
+        samples = [{"prediction": p, "reference": r} for p, r in zip(predictions[:5], references[:5])]
+        return {"generation": {**generation_metrics(predictions, references), "n": len(predictions),
+                               "samples": samples}}
     if task not in ("classification", "regression"):
         metrics = impl.evaluate(model, examples, features, tokenizer, settings.batch_size)
         section = {"token-classification": "tagging", "qa": "qa"}.get(task, "generation")

@@ -47,7 +47,7 @@ from lmforge.fileio import atomic_write_bytes
 
 SCHEMA = "lmforge.report/1"
 REPORT_FILE = "report.json"
-KINDS = ("encoder", "decoder", "seq2seq")
+KINDS = ("encoder", "decoder", "encoder-decoder")  # ModelConfig.family
 PRECISIONS = ("float32", "float16", "bfloat16", "int8", "q8_0", "int4")
 SECTIONS = ("lm", "pseudo_lm", "kneser_ney", "classification", "tagging", "qa", "generation", "multiple_choice",
             "lm_eval", "robustness", "calibration", "efficiency", "interpretability", "curves")

@@ -106,10 +106,15 @@ class ChatTask:
         labels = batch["labels"]
         return causal_lm_loss(logits, labels=labels), num_predicted_tokens(labels=labels)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, examples: Sequence[Example], features: Sequence[Feature],
                  tokenizer: Tokenizer, batch_size: int) -> dict[str, float]:
         """Exact match and ROUGE of the greedy answer to each conversation's last prompt, in left-padded batches."""
+        return rouge_scores(*self.predict_texts(model, examples, features, tokenizer, batch_size))
+
+    @torch.no_grad()
+    def predict_texts(self, model: nn.Module, examples: Sequence[Example], features: Sequence[Feature],
+                      tokenizer: Tokenizer, batch_size: int) -> tuple[list[str], list[str]]:
+        """(the greedy answer to each conversation's last prompt, the answer it has there)."""
         from lmforge.generate import generate
 
         prompts, references = [], []
@@ -133,7 +138,7 @@ class ChatTask:
                 predictions += [tokenizer.decode(cut_at_stop(row, stops)).strip() for row in new.tolist()]
         finally:
             model.train(was_training)
-        return rouge_scores(predictions, references)
+        return predictions, references
 
 
 def conversation_tokens(tokenizer: Tokenizer, messages: Sequence[dict[str, Any]],

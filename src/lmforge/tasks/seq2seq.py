@@ -93,10 +93,15 @@ class Seq2SeqTask:
         logits = model(batch["input_ids"], batch["attention_mask"], decoder_input_ids=decoder_input_ids)
         return seq2seq_loss(logits, labels), int((labels != IGNORE_INDEX).sum())
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, examples: Sequence[Example], features: Sequence[Feature],
                  tokenizer: Tokenizer, batch_size: int) -> dict[str, float]:
         """ROUGE-1/2/L and exact match of greedy generations against the targets."""
+        return rouge_scores(*self.predict_texts(model, examples, features, tokenizer, batch_size))
+
+    @torch.no_grad()
+    def predict_texts(self, model: nn.Module, examples: Sequence[Example], features: Sequence[Feature],
+                      tokenizer: Tokenizer, batch_size: int) -> tuple[list[str], list[str]]:
+        """(the greedy generation for each feature, its target text)."""
         from lmforge.generate import generate
 
         was_training = model.training
@@ -114,7 +119,7 @@ class Seq2SeqTask:
         finally:
             model.train(was_training)
         references = [self.row(examples[f["example_index"]])[1] for f in features]
-        return rouge_scores(predictions, references)
+        return predictions, references
 
 
 def decoder_start_id(model: nn.Module) -> int:
