@@ -374,3 +374,16 @@ def test_smollm2_command_line_prints_the_accuracy_table(smol_tasks, smollm2, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     assert "lmforge_mc" in done.stdout and "|acc" in done.stdout and "acc_norm" in done.stdout
     assert not any(p.name != "hf_home" for p in tmp_path.iterdir())  # nothing written into the working folder
+
+
+def test_the_command_line_reports_a_missing_model_in_one_line(tmp_path):
+    tasks = write_tasks(tmp_path / "tasks", n_test=2, n_validation=0)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               HF_HOME=str(tmp_path / "hf_home"), TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "lmforge.evaluate.harness", "run", "--model", "lmforge", "--model_args",
+           f"model={tmp_path / 'no-such-model'}", "--tasks", "lmforge_mc", "--include_path", str(tasks),
+           "--limit", "1", "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "lmforge-lm-eval: error:" in done.stderr and "no-such-model" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -467,6 +467,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     saved, sys.argv = sys.argv, ["lmforge-lm-eval", *argv]  # HarnessCLI reads sys.argv
     try:
         cli.execute(cli.parse_args())
+    except Exception as err:  # bad input (a model that is not there, a bad model_arg): one line, not a traceback
+        ours = isinstance(err, ValueError) and type(err).__module__.startswith("lmforge.")
+        if not (ours or isinstance(err, FileNotFoundError)):
+            raise
+        print(f"lmforge-lm-eval: error: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         sys.argv = saved
 
