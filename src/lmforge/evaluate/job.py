@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,7 @@ def run_evaluation(models: Sequence[str], settings: EvalSettings, report_dir: st
             raise EvaluationError(f"two models are both named {ref.name!r} in the report: give --names")
         seen.add(ref.name)
     report = new_report(title or f"lmforge evaluation: {', '.join(r.name for r in refs)}")
+    _KN_FITTED.clear()
     for ref in refs:
         start = time.perf_counter()
         reset_peak_memory()  # each model's peak memory is its own (from its load on), not the process's
@@ -366,12 +367,21 @@ def _language_model(model, tokenizer, ref: ModelRef, settings: EvalSettings, dat
         kn_path = Path(kn_source)
         if not kn_path.exists():
             raise EvaluationError(f"--kn_train {kn_source}: no such file or folder")
-        train = read_documents(kn_path, tokenizer, "--kn_train", split="train")
-        if train and isinstance(train[0], str):
-            train = [tokenizer.encode(t, add_special_tokens=False) for t in train]
-        out["kneser_ney"] = {**lm.kneser_ney_baseline(train, ids, tokenizer.vocab_size, orders=settings.kn_orders,
-                                                      score_first=score_first), "train": str(kn_path)}
+        # models that share a tokenizer (a checkpoint and its +int8 copy) share the baseline: fitted once a run
+        key = (str(kn_path.resolve()), str(path.resolve()), settings.limit, tokenizer.fingerprint(),
+               tuple(settings.kn_orders), score_first)
+        if key not in _KN_FITTED:
+            train = read_documents(kn_path, tokenizer, "--kn_train", split="train")
+            if train and isinstance(train[0], str):
+                train = [tokenizer.encode(t, add_special_tokens=False) for t in train]
+            _KN_FITTED[key] = lm.kneser_ney_baseline(train, ids, tokenizer.vocab_size, orders=settings.kn_orders,
+                                                     score_first=score_first)
+        out["kneser_ney"] = {**_KN_FITTED[key], "train": str(kn_path)}
     return out
+
+
+_KN_FITTED: dict[tuple, dict] = {}
+"""Kneser-Ney results of the current `run_evaluation`, by (train data, scored data, limit, tokenizer, orders)."""
 
 
 def _pretrain_data(ref: ModelRef) -> str | None:
@@ -577,11 +587,12 @@ def _classification(impl, model, tokenizer, examples, features, logits: torch.Te
                                            n_bins=settings.bins)
         calibration.update(temperature=temperature, ece_after=after["ece"], bins_after=after["bins"])
     return {"classification": {**report, "n": len(gold)}, "calibration": calibration,
-            "robustness": _robustness(impl, model, tokenizer, examples, gold, settings)}
+            "robustness": _robustness(impl, model, tokenizer, examples, gold, report["accuracy"], settings)}
 
 
-def _robustness(impl, model, tokenizer, examples, gold: list[int], settings: EvalSettings) -> dict:
-    """Accuracy on the same examples with their text perturbed (seeded), per perturbation."""
+def _robustness(impl, model, tokenizer, examples, gold: list[int], clean: float, settings: EvalSettings) -> dict:
+    """Accuracy on the same examples with their text perturbed (seeded), per perturbation; `clean` is the
+    accuracy on the texts as they are."""
     from lmforge.evaluate.robustness import robustness
     from lmforge.tasks.base import Example
     from lmforge.tasks.classification import pad_id_of
@@ -596,7 +607,8 @@ def _robustness(impl, model, tokenizer, examples, gold: list[int], settings: Eva
                               settings.batch_size)
         return float((logits.argmax(-1) == torch.tensor(list(references))).double().mean())
 
-    result = robustness(accuracy, texts, gold, kinds=kinds, rate=settings.perturbation_rate, seed=settings.seed)
+    result = robustness(accuracy, texts, gold, kinds=kinds, rate=settings.perturbation_rate, seed=settings.seed,
+                        clean=clean)
     return {"metric": "accuracy", **result}
 
 
@@ -652,11 +664,6 @@ def _sample_texts(tokenizer, task: str, data: str | None, settings: EvalSettings
     except (ValueError, OSError, EvaluationError):
         texts = []
     return [t[:2000] for t in texts] or ["The quick brown fox jumps over the lazy dog."] * 4
-
-
-def with_overrides(settings: EvalSettings, **changes) -> EvalSettings:
-    """A copy of `settings` with some fields changed."""
-    return replace(settings, **changes)
 
 
 __all__ = ["EvalSettings", "ModelRef", "TASKS", "evaluate_model", "load_for_eval", "read_documents",

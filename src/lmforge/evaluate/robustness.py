@@ -231,11 +231,13 @@ def default_kinds(texts: Sequence[str]) -> list[str]:
 
 
 def robustness(score_fn: Callable[[list[str], Any], float], texts: Sequence[str], references: Sequence[Any],
-               kinds: Sequence[str] | None = None, rate: float = 0.1, seed: int = 0) -> dict[str, Any]:
+               kinds: Sequence[str] | None = None, rate: float = 0.1, seed: int = 0,
+               clean: float | None = None) -> dict[str, Any]:
     """`score_fn(texts, references)` on the clean texts and on each perturbation of them, and the drops.
 
     Returns {"clean", "rate", "seed", "perturbations": [{"name", "score", "drop"}]}, drop = clean - perturbed.
-    `kinds=None`: `default_kinds(texts)`.
+    `kinds=None`: `default_kinds(texts)`. `clean`: the clean score when the caller has it already (it is then
+    not computed again).
     """
     check_lengths(texts, references, names=("texts", "references"))
     rate = _check_rate(rate)
@@ -253,7 +255,7 @@ def robustness(score_fn: Callable[[list[str], Any], float], texts: Sequence[str]
             raise EvaluationError(f"score_fn returned {value!r} on the {name} texts, not a finite number")
         return value
 
-    clean = score(list(texts), "clean")
+    clean = score(list(texts), "clean") if clean is None else float(clean)
     rows = []
     for kind in kinds:
         perturbed = score(perturb(texts, kind, rate, seed), kind)
