@@ -76,9 +76,14 @@ def apply(model: nn.Module, cfg: AdaptConfig) -> None:
     if cfg.prefix_hidden < 0:
         raise AdaptError(f"prefix_hidden={cfg.prefix_hidden}: use 0 (no MLP) or a positive width")
     mcfg = model.cfg
+    kv_heads = {mcfg.for_layer(i).n_kv_heads for i in range(mcfg.n_layers)}
+    if len(kv_heads) > 1:  # one PrefixEncoder holds one (H_kv, D) shape for all its layers
+        raise AdaptError(f"prefix-tuning needs uniform layer widths: this model's layers have {sorted(kv_heads)} "
+                         "key/value heads (layer_n_kv_heads, after structured pruning); use LoRA or prompt-tuning")
+    n_kv_heads = kv_heads.pop()
     weight = model.body.tokens.weight  # new parameters live where the base's do (meta when loading)
     for name, stack in prefix_stacks(model):
-        encoder = PrefixEncoder(cfg.num_virtual_tokens, len(stack.blocks), mcfg.n_kv_heads, mcfg.head_dim,
+        encoder = PrefixEncoder(cfg.num_virtual_tokens, len(stack.blocks), n_kv_heads, mcfg.head_dim,
                                 mcfg.d_model, cfg.prefix_hidden, device=weight.device, dtype=weight.dtype)
         setattr(model, name, encoder)
         # A bound method: `copy.deepcopy(model)` rebinds it to the copy's encoder.

@@ -86,6 +86,11 @@ def _family_name(cfg: ModelConfig) -> str:
 def check_llama(model: Model) -> None:
     """Raise `CheckpointError` listing every way `model` is not a LLaMA-family causal LM llama.cpp can run."""
     cfg, task = model.cfg, task_of(model)
+    if cfg.has_layer_widths:
+        from lmforge.interop.hf import per_layer_widths_message
+
+        raise CheckpointError(per_layer_widths_message(cfg, "GGUF's llama metadata has one head_count / "
+                                                            "head_count_kv / feed_forward_length"))
     family = _family_name(cfg)
     if task != "causal-lm" or family != "LLaMA":
         raise CheckpointError(f"GGUF export writes LLaMA-family causal LMs only; this is a {task} model of the "

@@ -17,7 +17,7 @@ from lmforge import assets
 from lmforge.fileio import atomic_write
 from lmforge.interop import bart, bert, gpt2, llama
 from lmforge.interop.mapping import to_ours, to_theirs
-from lmforge.models.config import ConfigError, ModelConfig
+from lmforge.models.config import LAYER_WIDTHS, ConfigError, ModelConfig
 from lmforge.models.model import MaskedLM, Model
 from lmforge.models.tasks import DEFAULT_TASK, TASKS, task_of
 
@@ -199,7 +199,10 @@ def load_pretrained(path: str | os.PathLike, task: str | None = None, dtype: tor
 
 
 def export_family(cfg: ModelConfig) -> ModuleType:
-    """Which Hugging Face family a config is saved as."""
+    """Which Hugging Face family a config is saved as (a `ConfigError` when it has none)."""
+    if cfg.has_layer_widths:
+        raise ConfigError(per_layer_widths_message(cfg, "Hugging Face's config has one num_attention_heads / "
+                                                        "num_key_value_heads / intermediate_size"))
     if cfg.family == "encoder":
         return bert
     if cfg.family == "encoder-decoder":
@@ -209,6 +212,13 @@ def export_family(cfg: ModelConfig) -> ModuleType:
     if cfg.position == "learned" and cfg.norm == "layernorm" and not cfg.gated_ffn:
         return gpt2
     raise ConfigError("this decoder is neither GPT-2- nor LLaMA-shaped, so it has no Hugging Face format")
+
+
+def per_layer_widths_message(cfg: ModelConfig, why: str) -> str:
+    """Why a model with per-layer widths (structured pruning) cannot be written in a one-width format."""
+    given = ", ".join(f"{name}={getattr(cfg, name)}" for name in LAYER_WIDTHS if getattr(cfg, name) is not None)
+    return (f"this model has per-layer widths (pruned: {given}); {why}, so it would lose them: save it in "
+            "lmforge's format (lmforge.interop.native.save_model, `lmforge convert --to lmforge`)")
 
 
 def hf_architecture(model: Model) -> str:

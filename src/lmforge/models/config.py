@@ -15,6 +15,10 @@ Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 Norm = Literal["layernorm", "rmsnorm"]
 
 
+LAYER_WIDTHS = ("layer_n_heads", "layer_n_kv_heads", "layer_d_ff")
+"""The `ModelConfig` fields that give a width per layer (None: the global width everywhere)."""
+
+
 class ConfigError(ValueError):
     """A model configuration field has a bad value."""
 
@@ -42,6 +46,13 @@ class ModelConfig:
     """Defaults to `d_model // n_heads`."""
     d_ff: int = 2048
     max_seq_len: int = 2048
+    layer_n_heads: list[int] | None = None
+    """Query heads of each layer (one entry per layer of the stack), for a model whose layers differ in width
+    (structured pruning, `lmforge.compress.structured`); None: `n_heads` in every layer. `head_dim` stays global."""
+    layer_n_kv_heads: list[int] | None = None
+    """Key/value heads of each layer; None: `n_kv_heads` in every layer."""
+    layer_d_ff: list[int] | None = None
+    """FFN hidden units of each layer; None: `d_ff` in every layer."""
 
     position: Position = "rope"
     position_offset: int = 0
@@ -117,6 +128,9 @@ class ModelConfig:
             self.head_dim = self.d_model // self.n_heads
         if self.n_decoder_layers is None:
             self.n_decoder_layers = self.n_layers
+        for name in LAYER_WIDTHS:
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))  # a list, as JSON gives it back
         self.validate()
 
     def validate(self) -> None:
@@ -162,8 +176,55 @@ class ModelConfig:
                 problems.append(f"task_heads.{name}.kind must be one of {', '.join(HEAD_KINDS)}")
             elif not isinstance(head.get("num_labels", 1), int) or head.get("num_labels", 1) <= 0:
                 problems.append(f"task_heads.{name}.num_labels={head.get('num_labels')!r} must be a positive integer")
+        problems += self._layer_width_problems()
         if problems:
             raise ConfigError("invalid ModelConfig: " + "; ".join(problems))
+
+    def _layer_width_problems(self) -> list[str]:
+        """What is wrong with `layer_n_heads` / `layer_n_kv_heads` / `layer_d_ff` (see `validate`)."""
+        given = [name for name in LAYER_WIDTHS if getattr(self, name) is not None]
+        if not given:
+            return []
+        if self.family == "encoder-decoder":
+            return [f"{', '.join(given)}: per-layer widths are supported for the encoder and decoder families "
+                    "(one stack), not for encoder-decoder models"]
+        problems = []
+        for name in given:
+            value = getattr(self, name)
+            if not isinstance(value, list):
+                problems.append(f"{name}={value!r} must be a list of {self.n_layers} positive integers (or null)")
+            elif len(value) != self.n_layers:
+                problems.append(f"{name} has {len(value)} entries but n_layers={self.n_layers}: one per layer")
+            elif bad := [(i, v) for i, v in enumerate(value) if isinstance(v, bool) or not isinstance(v, int) or v <= 0]:
+                problems.append(f"{name}[{bad[0][0]}]={bad[0][1]!r} must be a positive integer")
+        if problems or not isinstance(self.n_kv_heads, int) or self.n_kv_heads <= 0:
+            return problems
+        for i in range(self.n_layers):
+            heads, kv_heads = self._width(i, "n_heads"), self._width(i, "n_kv_heads")
+            if heads % kv_heads:
+                problems.append(f"layer {i}: n_heads={heads} is not a multiple of n_kv_heads={kv_heads}")
+        return problems
+
+    def _width(self, layer: int, name: str) -> int:
+        """Layer `layer`'s `n_heads` / `n_kv_heads` / `d_ff`: its entry in the `layer_` list, else the global."""
+        per_layer = getattr(self, "layer_" + name)
+        return per_layer[layer] if per_layer is not None else getattr(self, name)
+
+    @property
+    def has_layer_widths(self) -> bool:
+        """Whether some width is given per layer (`layer_n_heads`, `layer_n_kv_heads` or `layer_d_ff`)."""
+        return any(getattr(self, name) is not None for name in LAYER_WIDTHS)
+
+    def for_layer(self, layer: int) -> ModelConfig:
+        """The config layer `layer` of the stack is built from: the global widths replaced by that layer's.
+
+        Without per-layer widths this is the config itself."""
+        if not self.has_layer_widths:
+            return self
+        if not 0 <= layer < self.n_layers:
+            raise ConfigError(f"layer={layer} is out of range: this config has n_layers={self.n_layers}")
+        widths = {name: self._width(layer, name) for name in ("n_heads", "n_kv_heads", "d_ff")}
+        return self.replace(**widths, **{name: None for name in LAYER_WIDTHS})
 
     @property
     def is_decoder(self) -> bool:

@@ -36,7 +36,7 @@ def generator_overrides(cfg: ModelConfig, size: float = 0.25) -> dict:
         raise ConfigError(f"ELECTRA generator size must be in (0, 1], got {size}")
     n_heads = max(1, round(cfg.n_heads * size))
     return {"n_heads": n_heads, "n_kv_heads": n_heads, "head_dim": cfg.head_dim, "d_model": n_heads * cfg.head_dim,
-            "d_ff": max(1, round(cfg.d_ff * size))}
+            "d_ff": max(1, round(cfg.d_ff * size)), "layer_n_heads": None, "layer_n_kv_heads": None, "layer_d_ff": None}
 
 
 class ElectraGenerator(nn.Module):

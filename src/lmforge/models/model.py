@@ -145,8 +145,10 @@ class Model(nn.Module):
         """Model FLOPs per token (Kaplan et al. 2020): 2N + 4·L·d_attn·T forward, 3x that for training."""
         cfg = self.cfg
         seq_len = seq_len or cfg.max_seq_len
-        n_attn_layers = cfg.n_layers + (cfg.n_decoder_layers if cfg.is_encoder_decoder else 0)
-        forward = 2 * self.matmul_parameters() + 4 * n_attn_layers * cfg.n_heads * cfg.head_dim * seq_len
+        # Query heads summed over the layers (they differ per layer after structured pruning).
+        heads = sum(cfg.for_layer(i).n_heads for i in range(cfg.n_layers))
+        heads += cfg.n_decoder_layers * cfg.n_heads if cfg.is_encoder_decoder else 0
+        forward = 2 * self.matmul_parameters() + 4 * heads * cfg.head_dim * seq_len
         return 3 * forward if training else forward
 
     @property

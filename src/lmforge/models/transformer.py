@@ -147,7 +147,8 @@ class TransformerStack(nn.Module):
         self.token_types = embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.embed_norm = make_norm(cfg) if cfg.embedding_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, cross_attention) for _ in range(n_layers))
+        # Each block is built from its layer's widths (they differ after structured pruning).
+        self.blocks = nn.ModuleList(Block(cfg.for_layer(i), cross_attention) for i in range(n_layers))
         self.final_norm = make_norm(cfg) if cfg.final_norm else None
         self.gradient_checkpointing = False
 
@@ -290,14 +291,14 @@ class Transformer(nn.Module):
         n = len(self.decoder.blocks)
         max_len += self.virtual_tokens  # a soft prompt's embeddings fill the first slots of every row
 
-        def new(length: int) -> KVCache:
-            return KVCache(batch_size, cfg.n_kv_heads, cfg.head_dim, length, dtype, device)
+        def new(length: int, layer: int) -> KVCache:  # each layer's own key/value heads (pruned models differ)
+            return KVCache(batch_size, cfg.for_layer(layer).n_kv_heads, cfg.head_dim, length, dtype, device)
 
         window = cfg.sliding_window
         ring = window is not None and max_len > window + max_chunk
         slots = window + max_chunk if ring else max_len  # a sliding window keeps a bounded ring of slots
-        cross = [new(0) for _ in range(n)] if cfg.family == "encoder-decoder" else None
-        return Cache([new(slots + 1) for _ in range(n)], cross, window, ring)
+        cross = [new(0, i) for i in range(n)] if cfg.family == "encoder-decoder" else None
+        return Cache([new(slots + 1, i) for i in range(n)], cross, window, ring)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Encoder: encode; decoder: decode; encoder-decoder: decode `decoder_input_ids` over the encoding."""

@@ -174,10 +174,13 @@ class TrainConfig:
         elif self.tp_size is not None and (not isinstance(self.tp_size, int) or self.tp_size <= 0):
             problems.append(f"train.tp_size={self.tp_size!r} must be a positive integer or null")
         if tp > 1 and model is not None:
-            for name in ("n_heads", "n_kv_heads", "d_ff"):
-                if getattr(model, name) % tp:
-                    problems.append(f"train.distributed={self.distributed} splits model.{name}="
-                                    f"{getattr(model, name)} over {tp} processes: it must be divisible by {tp}")
+            layers = [model.for_layer(i) for i in range(model.n_layers)] if model.has_layer_widths else [model]
+            for i, layer in enumerate(layers):
+                where = f"model.{{}} of layer {i}" if model.has_layer_widths else "model.{}"
+                for name in ("n_heads", "n_kv_heads", "d_ff"):
+                    if getattr(layer, name) % tp:
+                        problems.append(f"train.distributed={self.distributed} splits {where.format(name)}="
+                                        f"{getattr(layer, name)} over {tp} processes: it must be divisible by {tp}")
         dp = world_size // tp
         if isinstance(self.batch_size, int) and self.batch_size > 0:
             local = self.batch_size // dp
