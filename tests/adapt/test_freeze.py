@@ -133,12 +133,22 @@ def test_freeze_errors():
         adapt(_model("llama-lm"), AdaptConfig(method="freeze"))
 
 
-def test_unknown_method_and_adapting_twice_are_errors():
+def test_unknown_method_and_adapting_an_adapted_model_twice_are_errors():
     with pytest.raises(AdaptError, match="unknown adaptation method 'lorra'"):
         adapt(_model("llama-lm"), AdaptConfig(method="lorra"))
+    model = adapt(_model("llama-lm"), AdaptConfig(method="lora", target_modules=["*q_proj"]))
+    with pytest.raises(AdaptError, match="already adapted with 'lora'"):
+        adapt(model, AdaptConfig(method="ffn"))
+
+
+def test_a_model_a_weight_only_method_tuned_adapts_again():
+    """ffn / full / bitfit ... only chose which weights trained: the result is a plain model (a pruned fine-tune
+    recovers, a run continues), so a second method applies, and it alone decides what trains."""
     model = adapt(_model("llama-lm"), AdaptConfig(method="ffn"))
-    with pytest.raises(AdaptError, match="already adapted with 'ffn'"):
-        adapt(model, AdaptConfig(method="lora"))
+    adapt(model, AdaptConfig(method="bitfit"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith("bias") or n.startswith("head.") or "lm_head" in n for n in trainable)
+    assert model.adaptation.method == "bitfit"
 
 
 def _perturb_trainable(model: nn.Module) -> None:

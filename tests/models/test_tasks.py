@@ -11,9 +11,11 @@ TINY = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_l
 FAMILY_PRESET = {"encoder": "bert-tiny", "decoder": "llama-tiny", "encoder-decoder": "bart-tiny"}
 TASK_FAMILY = {"encoder": "encoder", "causal-lm": "decoder", "seq2seq-lm": "encoder-decoder", "masked-lm": "encoder",
                "sequence-classification": "encoder", "token-classification": "decoder",
-               "question-answering": "encoder", "electra-pretraining": "encoder", "multi-task": "encoder"}
+               "question-answering": "encoder", "electra-pretraining": "encoder", "multi-task": "encoder",
+               "distillation": "decoder"}
 TASK_FIELDS = {"multi-task": {"task_heads": {"a": {"kind": "sequence-classification", "num_labels": 3},
-                                             "b": {"kind": "token-classification", "num_labels": 5}}}}
+                                             "b": {"kind": "token-classification", "num_labels": 5}}},
+               "distillation": {"extra": {"distillation": {"student_task": "causal-lm"}}}}
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -47,6 +47,11 @@ def register(name: str):
     return deco
 
 
+WEIGHT_ONLY = ("full", "ffn", "head", "bitfit", "freeze")
+"""Methods that only choose which weights train (no modules added): a model they fine-tuned is a plain model of
+its kind, and fine-tunes again (to recover after pruning, or to continue) with any method."""
+
+
 def _load_methods() -> None:
     # The method files register themselves on import; imported here so `METHODS` is complete whoever asks.
     from lmforge.adapt import adapters, freeze, lora, prefix, prompt  # noqa: F401
@@ -57,8 +62,9 @@ def adapt(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
     _load_methods()
     if cfg.method not in METHODS:
         raise AdaptError(f"unknown adaptation method {cfg.method!r}; choose one of {', '.join(sorted(METHODS))}")
-    if getattr(model, "adaptation", None) is not None:
-        raise AdaptError(f"the model is already adapted with {model.adaptation.method!r}: load the base model again")
+    previous = getattr(model, "adaptation", None)
+    if previous is not None and previous.method not in WEIGHT_ONLY:
+        raise AdaptError(f"the model is already adapted with {previous.method!r}: load the base model again")
     for p in model.parameters():
         p.requires_grad_(False)
     METHODS[cfg.method](model, cfg)

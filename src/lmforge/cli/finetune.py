@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from lmforge.adapt.config import AdaptConfig
+from lmforge.compress.config import PruneConfig
 from lmforge.tasks.spec import TaskSpec
 from lmforge.train.config import ModelSpec, TaskData, TrainConfig
 
@@ -29,6 +30,7 @@ def finetune(
     epochs: float | None = 3.0,
     evals_per_epoch: int = 1,
     model_overrides: dict[str, Any] | None = None,
+    prune: PruneConfig | None = None,
     out_dir: str = "runs/finetune",
     resume: bool = False,
     overwrite: bool = False,
@@ -48,6 +50,10 @@ def finetune(
         epochs: passes over the training split (None: train for train.steps).
         evals_per_epoch: evaluations (and checkpoints) per epoch.
         model_overrides: ModelConfig fields to change that keep the weights' shapes (dropout, ...).
+        prune: keep weights pruned while training (`--prune.method magnitude --prune.sparsity 0.5`, or 2:4): the masks
+            are re-applied after every step; `--prune.schedule cubic` raises the sparsity gradually (Zhu & Gupta),
+            reaching it at `--prune.end_step` (default: 3/4 of the steps). A model pruned by `lmforge prune` keeps its
+            zeros with the same settings.
         out_dir: run folder: config.yaml, run.json, metrics.jsonl, tensorboard/, step-*/, adapter/, model/,
             peft/ and hf/ where possible, result.json.
         resume: continue exactly from the newest intact checkpoint in out_dir (`--out_dir RUN --resume true` alone
@@ -63,7 +69,8 @@ def finetune(
     arguments = {"model": model, "data": dataclasses.asdict(data), "task": task, "method": method,
                  "task_options": dataclasses.asdict(task_options), "adapt": adapt.to_dict(),
                  "train": dataclasses.asdict(train), "epochs": epochs, "evals_per_epoch": evals_per_epoch,
-                 "model_overrides": dict(model_overrides or {}), "out_dir": out_dir, "device": device}
+                 "model_overrides": dict(model_overrides or {}), "prune": prune.to_dict() if prune else None,
+                 "out_dir": out_dir, "device": device}
     run_finetuning(data, spec, dataclasses.replace(task_options, name=task), dataclasses.replace(adapt, method=method),
                    train, out_dir, epochs=epochs, evals_per_epoch=evals_per_epoch, resume=resume,
-                   overwrite=overwrite, device=device, arguments=arguments)
+                   overwrite=overwrite, device=device, arguments=arguments, prune=prune)

@@ -40,13 +40,13 @@ import torch
 from torch import nn
 
 from lmforge import kernels
+from lmforge.compress.config import DEFAULT_INCLUDE
 from lmforge.kernels import formats
 
 SCHEMES = ("f32", "bf16", "int8", "q8_0", "int4")
 EMBEDDING_SCHEMES = ("int8", "q8_0")
 GROUP_SIZES = formats.GROUP_SIZES  # int4 scale groups
 Q8_BLOCK = formats.BLOCK_SIZE  # Q8_0 blocks, and the activation blocks of the q8_0 and int4 kernels
-DEFAULT_INCLUDE = ("*.blocks.*",)  # every Linear of the Transformer blocks
 HEAD = "lm_head.proj"
 EMBEDDING = "body.tokens"
 FORMAT_VERSION = 1

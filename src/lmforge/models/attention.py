@@ -84,6 +84,9 @@ class Attention(nn.Module):
     _record: list[torch.Tensor] | None = None
     """Set to a list (by `lmforge.evaluate.interpret.record_attention`) to compute attention explicitly and
     append each forward's probabilities to it; None (the default) keeps the fused SDPA path."""
+    _record_grad: bool = False
+    """With `_record` set: append the probabilities with their autograd graph instead of detached, so a loss
+    on them trains the attention (attention-map distillation, `lmforge.compress.distill`)."""
 
     def __init__(self, cfg: ModelConfig, cross: bool = False) -> None:
         super().__init__()
@@ -190,7 +193,8 @@ class Attention(nn.Module):
     def _recorded_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                             is_causal: bool) -> torch.Tensor:
         """softmax(q k^T * scale + mask) v written out, as SDPA computes it, with the probabilities (B, H, T, S)
-        appended, detached and in float32, to `self._record` (`lmforge.evaluate.interpret.record_attention`)."""
+        appended in float32 to `self._record` (`lmforge.evaluate.interpret.record_attention`): detached, or with
+        their graph when `self._record_grad`."""
         if k.shape[1] != q.shape[1]:  # grouped-query heads: each key/value head serves `rep` query heads
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -201,7 +205,7 @@ class Attention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
         probs = scores.softmax(dim=-1)
-        self._record.append(probs.detach())
+        self._record.append(probs if self._record_grad else probs.detach())
         if self.training and self.dropout:
             probs = F.dropout(probs, self.dropout)
         return (probs @ v.float()).to(v.dtype)  # (B, H, T, D)

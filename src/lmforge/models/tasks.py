@@ -8,6 +8,7 @@ format record the task, so every model class a checkpoint can hold is listed her
 from __future__ import annotations
 
 from lmforge.models.config import ConfigError, ModelConfig
+from lmforge.models.distillation import Distillation
 from lmforge.models.electra import ElectraPretraining
 from lmforge.models.model import (
     CausalLM,
@@ -31,6 +32,7 @@ TASKS: dict[str, type[Model]] = {
     "question-answering": QuestionAnswering,
     "electra-pretraining": ElectraPretraining,
     "multi-task": MultiTaskModel,
+    "distillation": Distillation,
 }
 DEFAULT_TASK = {"encoder": "encoder", "decoder": "causal-lm", "encoder-decoder": "seq2seq-lm"}
 

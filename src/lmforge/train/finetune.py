@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from lmforge.adapt import AdaptConfig, AdaptError, adapt, save_adapter, trainable_summary
+from lmforge.compress.config import DistillConfig, PruneConfig
 from lmforge.evaluate.efficiency import peak_memory_mib as peak_rss_mib
 from lmforge.models.config import ConfigError
 from lmforge.tasks import TaskSpec, get_task
@@ -38,8 +39,14 @@ from lmforge.train.rundir import check_same_run, clear_run_dir, plan_run_dir
 
 def run_finetuning(data: TaskData, model: ModelSpec, task: TaskSpec, method: AdaptConfig, train_cfg: TrainConfig,
                    out_dir: str, epochs: float | None = 3.0, evals_per_epoch: int = 1, resume: bool = False,
-                   overwrite: bool = False, device: str = "auto", arguments: dict | None = None) -> dict:
-    """Fine-tune `model` on `data` for `task` with `method`; write the run folder; return the result."""
+                   overwrite: bool = False, device: str = "auto", arguments: dict | None = None,
+                   prune: PruneConfig | None = None, distill: DistillConfig | None = None) -> dict:
+    """Fine-tune `model` on `data` for `task` with `method`; write the run folder; return the result.
+
+    `prune` keeps (or makes, on its schedule) a pruning mask through training (`lmforge.compress.prune`);
+    `distill` trains a student of `model` (the teacher, frozen beside it; `lmforge.compress.distill`) with the
+    task's loss and the teacher's outputs; the run folder's model/ (and hf/) is then the student.
+    """
     import lmforge
     from lmforge.interop.native import load_model
 
@@ -60,9 +67,14 @@ def run_finetuning(data: TaskData, model: ModelSpec, task: TaskSpec, method: Ada
         if task.max_length > net.cfg.max_seq_len:
             raise ConfigError(f"task_options.max_length={task.max_length} exceeds the model's max_seq_len="
                               f"{net.cfg.max_seq_len}")
+        if distill is not None:
+            from lmforge.compress.distill import distillation_setup
+
+            net, objective = distillation_setup(net, objective, distill)
         cfg = _resolve_train(train_cfg, task_impl, len(train_split.features), epochs, evals_per_epoch,
                              trainable_only=base is not None)
         cfg.validate(env.world_size, net.cfg)
+        on_step = _masked_training(prune, cfg.steps) if prune is not None else None
         summary = trainable_summary(net)
         if env.is_main:
             if start.message:
@@ -85,10 +97,15 @@ def run_finetuning(data: TaskData, model: ModelSpec, task: TaskSpec, method: Ada
                   f"train {len(train_split.examples):,} rows ({len(train_split.features):,} features), "
                   f"val {len(val_split.examples):,}; {cfg.steps} steps")
         barrier(env)
-        result = train(net, objective, train_split, val_split, cfg, run_dir, env, resume=resume, base=base)
+        result = train(net, objective, train_split, val_split, cfg, run_dir, env, resume=resume, base=base,
+                       on_step=on_step)
         if env.is_main:
             chosen = best_checkpoint(run_dir, cfg.best_metric, cfg.greater_is_better) or latest_checkpoint(run_dir)
-            final = load_model(chosen / "model")
+            final = objective.export_model(load_model(chosen / "model"))
+            if on_step is not None:
+                from lmforge.compress.prune import sparsity_of
+
+                result["sparsity"] = round(sparsity_of(final, on_step.config.include).sparsity, 6)
             result.update(best_checkpoint=chosen.name, trainable_parameters=summary.trainable,
                           total_parameters=summary.total, method=method.method, task=task.name,
                           seconds_per_epoch=_seconds_per_epoch(result, len(train_split.features) // cfg.batch_size),
@@ -186,6 +203,17 @@ def _resolve_train(cfg: TrainConfig, task, n_features: int, epochs: float | None
     return dataclasses.replace(cfg, **changes)
 
 
+def _masked_training(prune: PruneConfig, steps: int):
+    """The trainer's `on_step` that keeps `prune`'s masks; a cubic schedule without `end_step` ends at 3/4 of the
+    steps (the last quarter fine-tunes at the final sparsity, as Zhu & Gupta do)."""
+    from lmforge.compress.prune import MaskedTraining
+
+    if prune.schedule == "cubic" and prune.end_step is None:
+        prune = dataclasses.replace(prune, end_step=max(prune.start_step + 1, round(0.75 * steps)))
+    prune.validate()
+    return MaskedTraining(prune)
+
+
 def _seconds_per_epoch(result: dict, per_epoch: int) -> float | None:
     trained = result.get("trained_steps") or 0
     return round(result["seconds"] * per_epoch / trained, 2) if trained else None
@@ -196,10 +224,11 @@ def _export(model, tokenizer, run_dir: Path, labels) -> None:
     from lmforge.interop import save_pretrained
     from lmforge.interop.native import save_model
 
-    save_adapter(model, run_dir / "adapter", extra={"id2label": labels} if labels else None)
+    method = model.adaptation.method if getattr(model, "adaptation", None) is not None else None
+    if method is not None:  # (a distilled student was trained whole: no adapter)
+        save_adapter(model, run_dir / "adapter", extra={"id2label": labels} if labels else None)
     save_model(model, run_dir / "model")
     tokenizer.save(run_dir / "model")
-    method = model.adaptation.method
     if method in ("lora", "dora"):
         from lmforge.adapt.lora import merge_and_unload
         from lmforge.adapt.peft_format import save_peft

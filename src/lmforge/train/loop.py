@@ -33,12 +33,15 @@ def seed_everything(seed: int) -> None:
 
 
 def train(model, objective, train_data, val_data, cfg: TrainConfig, run_dir: Path, env: DistEnv,
-          resume: bool = False, on_eval=None, on_sample=None, base: dict | None = None) -> dict:
+          resume: bool = False, on_eval=None, on_sample=None, base: dict | None = None, on_step=None) -> dict:
     """Train `model` on the batches of a bound `objective`; checkpoint, evaluate and log; return the final metrics.
 
     `resume=True` continues from the newest intact checkpoint in `run_dir` exactly: same weights,
     optimizer moments, schedule, data position and RNG states. With `base` ({"path", "sha256"} of
     the checkpoint the model was loaded from), checkpoints hold the trainable parameters only.
+    `on_step(model, step)` (e.g. `lmforge.compress.prune.MaskedTraining`) may change the unwrapped model's
+    weights in place: it is called once before the first update (with the starting step, after a resume)
+    and after every optimizer step, before that step's logging, evaluation and checkpoint.
     """
     device = env.device
     cfg.validate(env.world_size, model.cfg)
@@ -68,6 +71,8 @@ def train(model, objective, train_data, val_data, cfg: TrainConfig, run_dir: Pat
             step, best = state["step"], state.get("best", state.get("best_val_loss", best))
             stale = state.get("stale_evals", 0)
             say(f"resumed from {resumed_from} at step {step}")
+    if on_step is not None:  # e.g. pruning masks: re-applied to resumed weights before the first forward
+        on_step(raw, step)
     if cfg.compile:
         model = torch.compile(model)
 
@@ -125,6 +130,8 @@ def train(model, objective, train_data, val_data, cfg: TrainConfig, run_dir: Pat
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if on_step is not None:
+            on_step(raw, step)
         tokens = objective.num_tokens(batch) * env.dp_size
         window_tokens, trained_tokens = window_tokens + tokens, trained_tokens + tokens
 

@@ -27,12 +27,14 @@ from lmforge.train.rundir import check_same_run, clear_run_dir, plan_run_dir
 
 def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg: TrainConfig, out_dir: str,
                     resume: bool = False, device: str = "auto", export: bool = True,
-                    overwrite: bool = False) -> dict:
+                    overwrite: bool = False, distill=None) -> dict:
     """Train from `data.path` and write checkpoints, metrics and (with `export`) a Hugging Face folder.
 
     The model starts from a preset or from a checkpoint (`model.checkpoint`). A folder that already
     holds a run is refused unless `resume` (continue from its newest intact checkpoint) or
-    `overwrite` (delete that run's files and start from step 0) says what to do.
+    `overwrite` (delete that run's files and start from step 0) says what to do. With `distill` (a
+    `lmforge.compress.config.DistillConfig`), the checkpoint is the teacher and a student made from it trains
+    on the objective's loss and the teacher's outputs (`lmforge.compress.distill`); the export is the student.
     """
     import lmforge
     from lmforge.tokenizers import Tokenizer
@@ -55,6 +57,11 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
         binding = unbound.bind(train_data, tokenizer)  # special ids; the tokenizer copy that names them
         net, base = start_model(model, binding, train_data, tokenizer, log=print if env.is_main else None,
                                 digest=train_cfg.checkpoint_trainable_only)
+        objective_ = binding.objective
+        if distill is not None:
+            from lmforge.compress.distill import distillation_setup
+
+            net, objective_ = distillation_setup(net, objective_, distill)
         train_cfg.validate(env.world_size, net.cfg)
         name = model.checkpoint or model.preset
         if env.is_main:
@@ -79,20 +86,28 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
 
         def sample(m, step):
             if decoder:
+                m = getattr(m, "student", m)  # a distillation pair samples from its student
                 for prompt, text in generate_samples(m, tokenizer, train_cfg.sample_prompts).items():
                     print(f"  [{step}] {prompt!r} -> {text!r}")
 
-        result = train(net, binding.objective, train_data, val_data, train_cfg, run_dir, env, resume=resume,
+        result = train(net, objective_, train_data, val_data, train_cfg, run_dir, env, resume=resume,
                        on_sample=None if env.enabled else sample, base=base)
         if env.is_main:
             # The final checkpoint holds the full weights whatever the strategy (FSDP shards `net`).
             final = load_model(latest_checkpoint(run_dir) / "model")
+            if distill is not None:  # the student, also as model/ in lmforge's format (a pruned width has no HF form)
+                from lmforge.interop.native import save_model
+
+                final = objective_.export_model(final)
+                save_model(final, run_dir / "model")
+                if tokenizer is not None:
+                    tokenizer.save(run_dir / "model")
             if decoder:
                 result["samples"] = generate_samples(final, tokenizer, train_cfg.sample_prompts)
             if export:
                 try:
-                    folder = export_hf(binding.objective.export_model(final),
-                                       binding.objective.export_tokenizer(binding.tokenizer), run_dir / "hf")
+                    folder = export_hf(objective_.export_model(final),
+                                       objective_.export_tokenizer(binding.tokenizer), run_dir / "hf")
                     print(f"Hugging Face export: {folder}")
                 except ConfigError as err:
                     print(f"no Hugging Face export: {err}")
