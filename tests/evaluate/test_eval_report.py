@@ -495,12 +495,28 @@ def test_absent_sections_are_left_out():
     assert empty.sections == ["empty"] and not empty.images
 
 
+def test_compressed_models_get_a_trade_off_plot_of_quality_against_size():
+    """A comparison of one model and its compressed copies: the summary plots accuracy against size and latency
+    (one point per model); one model alone, or models without sizes, get no such plot."""
+    report = R.new_report("compression")
+    for name, acc, size, p50 in (("fp32", 0.82, 90_000_000, 6.3), ("int8", 0.81, 25_000_000, 5.8),
+                                  ("pruned", 0.80, 76_000_000, 4.1)):
+        R.add_model(report, name, {"kind": "encoder"},
+                    {"classification": {"accuracy": acc},
+                     "efficiency": {"size_bytes": size, "latency_ms": {"p50": p50, "p90": p50, "p99": p50}}})
+    summary = render_html(report).split('id="summary"')[1].split("<section")[0]
+    alts = [a.get("alt") for a in parse(summary).images]
+    assert alts == ["Accuracy against size and latency for each model"]
+    del report["results"]["int8"]["efficiency"], report["results"]["pruned"]["efficiency"]
+    assert not parse(render_html(report).split('id="summary"')[1].split("<section")[0]).images
+
+
 def test_images_are_inline_pngs(full_html):
     from PIL import Image
 
     page = parse(full_html)
-    # curves, LM, 3 confusion matrices, robustness, calibration, efficiency, 3 x (saliency + attention)
-    assert len(page.images) == 14
+    # trade-off, curves, LM, 3 confusion matrices, robustness, calibration, efficiency, 3 x (saliency + attention)
+    assert len(page.images) == 15
     for attrs in page.images:
         prefix = "data:image/png;base64,"
         assert attrs["src"].startswith(prefix) and attrs.get("alt")

@@ -428,7 +428,51 @@ def _section_summary(page: _Page) -> str:
     note = ('<p class="note">The models side by side, one column each; the best value of each row is marked '
             "&#9733; (&#8593;: higher is better, &#8595;: lower is better). Worst drop: the largest fall of the "
             "robustness metric under a perturbation. ECE (T): after temperature scaling.</p>")
-    return note + table
+    return note + table + _trade_off_figure(page)
+
+
+# The quality metric a trade-off plot puts on its y axis: the first one the models have (and which way is better).
+_TRADE_OFF_METRICS = (("lm", "perplexity", "Perplexity", "low"), ("classification", "accuracy", "Accuracy", "high"),
+                      ("tagging", "f1", "Entity F1", "high"), ("qa", "f1", "QA F1", "high"),
+                      ("generation", "bleu", "BLEU", "high"), ("multiple_choice", "acc", "MC accuracy", "high"),
+                      ("pseudo_lm", "pseudo_perplexity", "Pseudo-perplexity", "low"))
+
+
+def _trade_off_figure(page: _Page) -> str:
+    """Quality against size and against latency, one point per model (a compression comparison as a plot):
+    drawn when at least two models have the same quality metric and a size."""
+    def size(name: str) -> float | None:
+        value = _get(page.results[name], "efficiency", "size_bytes") or _get(page.results[name], "efficiency",
+                                                                              "weight_bytes")
+        return value / 1e6 if value else None
+
+    chosen = None
+    for metric in _TRADE_OFF_METRICS:
+        names = [n for n in page.names if _get(page.results[n], metric[0], metric[1]) is not None and size(n)]
+        if len(names) >= 2:
+            chosen = metric
+            break
+    if chosen is None:
+        return ""
+    section, key, label, better = chosen
+    latency = {n: _latency(n, page.results[n], "p50") for n in names}
+    panels = [("Size (MB: file, or weights in memory)", size)]
+    if sum(v is not None for v in latency.values()) >= 2:
+        panels.append(("Latency p50 (ms, batch 1)", lambda n: latency[n]))
+    with _plotting():
+        fig, axes = _figure(4.2 * len(panels), 3.4, 1, len(panels))
+        for ax, (xlabel, x_of) in zip(axes, panels):
+            for name in names:
+                x, y = x_of(name), _get(page.results[name], section, key)
+                if x is None:
+                    continue
+                ax.scatter([x], [y], s=36, color=page.colour(name), zorder=3)
+                ax.annotate(_plain(name), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7.5)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{label} ({'higher' if better == 'high' else 'lower'} is better)")
+        return _image(fig, f"{label} against size and latency for each model",
+                      f"Trade-off: {label.lower()} against size" + (" and latency" if len(panels) > 1 else "")
+                      + ", one point per model.")
 
 
 def _section_curves(page: _Page) -> str:
