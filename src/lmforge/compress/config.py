@@ -21,6 +21,23 @@ SCOPES = ("global", "layer")
 SCHEDULES = ("oneshot", "cubic")
 
 
+def config_from_dict(cls, data: dict, source: str, error: type[ValueError]):
+    """`cls(**data)` validated, for a settings dataclass with `validate()`: a non-mapping, an unknown field or a
+    bad value raises `error` naming `source` (a file, a YAML section)."""
+    if not isinstance(data, dict):
+        raise error(f"{source}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    config = cls(**data)
+    try:
+        config.validate()
+    except error as err:
+        raise error(f"{source}: {err}") from None
+    return config
+
+
 class PruneError(ValueError):
     """A pruning request that cannot be carried out (bad sparsity, more heads than a layer has, ...)."""
 
@@ -111,18 +128,7 @@ class PruneConfig:
     @classmethod
     def from_dict(cls, data: dict, source: str = "pruning config") -> PruneConfig:
         """Build from a dict (e.g. a YAML section), rejecting unknown fields by name; validated."""
-        if not isinstance(data, dict):
-            raise PruneError(f"{source}: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PruneError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        config = cls(**data)
-        try:
-            config.validate()
-        except PruneError as err:
-            raise PruneError(f"{source}: {err}") from None
-        return config
+        return config_from_dict(cls, data, source, PruneError)
 
 
 def is_int(value) -> bool:

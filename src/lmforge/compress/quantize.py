@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from lmforge import kernels
-from lmforge.compress.config import DEFAULT_INCLUDE
+from lmforge.compress.config import DEFAULT_INCLUDE, config_from_dict
 from lmforge.kernels import formats
 
 SCHEMES = ("f32", "bf16", "int8", "q8_0", "int4")
@@ -104,18 +104,7 @@ class QuantConfig:
     @classmethod
     def from_dict(cls, data: dict, source: str = "quantization config") -> QuantConfig:
         """Build from a dict (e.g. lmforge.json's), rejecting unknown fields by name; validated."""
-        if not isinstance(data, dict):
-            raise QuantError(f"{source}: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise QuantError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        config = cls(**data)
-        try:
-            config.validate()
-        except QuantError as err:
-            raise QuantError(f"{source}: {err}") from None
-        return config
+        return config_from_dict(cls, data, source, QuantError)
 
 
 def packed_layout(scheme: str, out_features: int, in_features: int, group_size: int = 32,
