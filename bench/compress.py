@@ -163,7 +163,9 @@ def decoder_rows(work: Path, quick: bool, steps: int) -> list[dict]:
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     train_text, _ = english_text(work, quick)
-    base = "smollm2-135m-instruct"
+    base = str(work / "smollm2")  # the GGUF's weights as float32 in lmforge's format (with its tokenizer)
+    run("convert", ["convert", "smollm2-135m-instruct", base, "--to", "lmforge"], work / "smollm2" / "lmforge.json",
+        logs)
     rows = [dict(name="fp32", method="SmolLM2-135M-Instruct", model=base)]
     for scheme, extra in (("int8", ["--embedding", "true"]), ("int4", ["--embedding", "true"])):
         out = work / scheme
@@ -183,7 +185,7 @@ def decoder_rows(work: Path, quick: bool, steps: int) -> list[dict]:
     student = work / "distilled"
     run("distilled", ["distill", base, "--task", "clm", "--distill.student_init", "every-other",
                       "--tokens.path", str(tokens), "--tokens.tokenizer", base, "--train.steps", str(steps),
-                      "--train.batch_size", "8", "--train.seq_len", "256", "--train.lr", "3e-4",
+                      "--train.batch_size", "8", "--train.seq_len", "128", "--train.lr", "3e-4",
                       "--train.warmup_steps", "10", "--train.eval_every", str(steps), "--out_dir", str(student),
                       "--overwrite", "true"], student / "result.json", logs)
     rows.append(dict(name="distilled half-depth", method=f"15 of 30 layers, KD T=2, {steps} steps",
@@ -286,7 +288,7 @@ def main() -> None:
     parser.add_argument("kind", choices=["encoder", "decoder"])
     parser.add_argument("--work", type=Path, default=None, help="folder for the models (default: /tmp/lmforge-compress-KIND)")
     parser.add_argument("--quick", action="store_true", help="smaller data and fewer steps (a smoke run)")
-    parser.add_argument("--steps", type=int, default=300, help="decoder: distillation steps")
+    parser.add_argument("--steps", type=int, default=150, help="decoder: distillation steps (batch 8 x 128 tokens)")
     parser.add_argument("--table", type=Path, default=None)
     args = parser.parse_args()
     common.pin_threads()

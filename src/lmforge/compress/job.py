@@ -164,16 +164,18 @@ def run_distill(teacher: str, task: str, distill, data, tokens, task_options, tr
     from lmforge.train.config import ModelSpec
 
     distill.validate()
+    # config.yaml holds this command's arguments, so `lmforge distill --out_dir RUN --resume true` reads them back.
+    arguments = {"teacher": teacher, "task": task, "distill": distill.to_dict(), "data": dataclasses.asdict(data),
+                 "tokens": dataclasses.asdict(tokens), "task_options": dataclasses.asdict(task_options),
+                 "train": dataclasses.asdict(train), "epochs": epochs, "evals_per_epoch": evals_per_epoch,
+                 "out_dir": out_dir, "device": device}
     if task == "clm":
         from lmforge.train.pretrain import run_pretraining
 
         return run_pretraining(tokens, ModelSpec(checkpoint=teacher), "clm", train, out_dir, resume=resume,
-                               device=device, overwrite=overwrite, distill=distill)
+                               device=device, overwrite=overwrite, distill=distill, arguments=arguments)
     from lmforge.train.finetune import run_finetuning
 
-    arguments = {"teacher": teacher, "task": task, "distill": distill.to_dict(), "data": dataclasses.asdict(data),
-                 "task_options": dataclasses.asdict(task_options), "train": dataclasses.asdict(train),
-                 "epochs": epochs, "evals_per_epoch": evals_per_epoch, "out_dir": out_dir, "device": device}
     return run_finetuning(data, ModelSpec(checkpoint=teacher), dataclasses.replace(task_options, name=task),
                           AdaptConfig(method="full"), train, out_dir, epochs=epochs, evals_per_epoch=evals_per_epoch,
                           resume=resume, overwrite=overwrite, device=device, arguments=arguments, distill=distill)

@@ -27,7 +27,7 @@ from lmforge.train.rundir import check_same_run, clear_run_dir, plan_run_dir
 
 def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg: TrainConfig, out_dir: str,
                     resume: bool = False, device: str = "auto", export: bool = True,
-                    overwrite: bool = False, distill=None) -> dict:
+                    overwrite: bool = False, distill=None, arguments: dict | None = None) -> dict:
     """Train from `data.path` and write checkpoints, metrics and (with `export`) a Hugging Face folder.
 
     The model starts from a preset or from a checkpoint (`model.checkpoint`). A folder that already
@@ -70,9 +70,11 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
             if start.clear:
                 clear_run_dir(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            # config.yaml holds exactly the arguments of `lmforge pretrain`: `--config run/config.yaml` reruns it.
-            arguments = {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model), "objective": objective,
-                         "train": dataclasses.asdict(train_cfg), "out_dir": out_dir, "device": device}
+            # config.yaml holds exactly the arguments of the command (`lmforge pretrain`, or `lmforge distill`'s
+            # when given): `--config run/config.yaml` reruns it.
+            arguments = arguments or {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
+                                      "objective": objective, "train": dataclasses.asdict(train_cfg),
+                                      "out_dir": out_dir, "device": device}
             _write(run_dir / "config.yaml", yaml.safe_dump(arguments, sort_keys=False, allow_unicode=True))
             facts = {"model_config": net.cfg.to_dict(), "parameters": net.num_parameters(),
                      "trainable_parameters": net.num_parameters(trainable_only=True), "base": base,
