@@ -76,10 +76,11 @@ def encoder_rows(work: Path, quick: bool) -> list[dict]:
 
     teacher = finetune("teacher", "all-minilm-l6-v2")
     rows.append(dict(name="fp32", method="fine-tuned MiniLM-L6 (teacher)", model=teacher))
-    for scheme in ("int8", "int4"):
+    for scheme in ("int8", "int4"):  # the token embedding (half of MiniLM's weights) in int8 too
         out = work / scheme
-        run(scheme, ["quantize", str(teacher), "--to", scheme, "--out", str(out)], out / "lmforge.json", logs)
-        rows.append(dict(name=scheme, method=f"{scheme} weight-only (Linear layers of the blocks)", model=out))
+        run(scheme, ["quantize", str(teacher), "--to", scheme, "--embedding", "true", "--embedding_scheme", "int8",
+                     "--out", str(out)], out / "lmforge.json", logs)
+        rows.append(dict(name=scheme, method=f"{scheme} weight-only Linear layers, int8 embedding", model=out))
     for name, how in (("magnitude-50", ["--method", "magnitude", "--sparsity", "0.5"]),
                       ("2:4", ["--method", "2:4"])):
         slug = name.replace(":", "of")
@@ -107,9 +108,9 @@ def encoder_rows(work: Path, quick: bool) -> list[dict]:
     rows.append(dict(name="distilled half-depth", method="3 of 6 layers (every other), KD T=2, alpha 0.5",
                      model=student / "model"))
     out = work / "distilled-int8"
-    run("distilled-int8", ["quantize", str(student / "model"), "--to", "int8", "--out", str(out)],
-        out / "lmforge.json", logs)
-    rows.append(dict(name="distilled + int8", method="the student, int8", model=out))
+    run("distilled-int8", ["quantize", str(student / "model"), "--to", "int8", "--embedding", "true",
+                           "--out", str(out)], out / "lmforge.json", logs)
+    rows.append(dict(name="distilled + int8", method="the student, int8 (embedding too)", model=out))
     return rows
 
 
@@ -167,10 +168,11 @@ def decoder_rows(work: Path, quick: bool, steps: int) -> list[dict]:
     run("convert", ["convert", "smollm2-135m-instruct", base, "--to", "lmforge"], work / "smollm2" / "lmforge.json",
         logs)
     rows = [dict(name="fp32", method="SmolLM2-135M-Instruct", model=base)]
-    for scheme, extra in (("int8", ["--embedding", "true"]), ("int4", ["--embedding", "true"])):
+    tied = ["--embedding", "true", "--embedding_scheme", "int8", "--lm_head", "true"]  # the head shares the rows
+    for scheme in ("int8", "int4"):
         out = work / scheme
-        run(scheme, ["quantize", base, "--to", scheme, "--out", str(out), *extra], out / "lmforge.json", logs)
-        rows.append(dict(name=scheme, method=f"{scheme} Linear layers + int8 embedding (tied head)", model=out))
+        run(scheme, ["quantize", base, "--to", scheme, "--out", str(out), *tied], out / "lmforge.json", logs)
+        rows.append(dict(name=scheme, method=f"{scheme} Linear layers, int8 embedding = tied head", model=out))
     for name, how in (("magnitude-50", ["--method", "magnitude", "--sparsity", "0.5"]),
                       ("2:4", ["--method", "2:4"]),
                       ("heads+FFN 30 %", ["--method", "structured", "--heads", "0.3", "--ffn", "0.3",
@@ -191,8 +193,8 @@ def decoder_rows(work: Path, quick: bool, steps: int) -> list[dict]:
     rows.append(dict(name="distilled half-depth", method=f"15 of 30 layers, KD T=2, {steps} steps",
                      model=student / "model"))
     out = work / "distilled-int8"
-    run("distilled-int8", ["quantize", str(student / "model"), "--to", "int8", "--embedding", "true",
-                           "--out", str(out)], out / "lmforge.json", logs)
+    run("distilled-int8", ["quantize", str(student / "model"), "--to", "int8", "--out", str(out), *tied],
+        out / "lmforge.json", logs)
     rows.append(dict(name="distilled + int8", method="the student, int8", model=out))
     return rows
 

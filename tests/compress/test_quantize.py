@@ -293,6 +293,25 @@ def test_quantized_embedding_and_head_share_packed_rows(scheme, tmp_path):
     assert loaded.body.tokens.qweight.dtype == torch.int8
 
 
+def test_int4_layers_over_an_int8_embedding_and_shared_head(tmp_path):
+    """embedding_scheme: int4 blocks with the embedding (and the tied head sharing its rows) in int8; the saved
+    checkpoint reloads bit-identically, and int4 with an int4 embedding is refused by name."""
+    model, tokens = tiny(tie=True), ids()
+    quantize_model(model, QuantConfig("int4", lm_head=True, embedding=True, embedding_scheme="int8"))
+    emb, head = model.body.tokens, model.lm_head.proj
+    assert emb.scheme == "int8" and head.scheme == "int8" and head.qweight is emb.qweight
+    assert model.body.decoder.blocks[0].attn.q_proj.scheme == "int4"
+    got = logits(model, tokens)
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.lm_head.proj.qweight is loaded.body.tokens.qweight and loaded.lm_head.proj.scheme == "int8"
+    assert torch.equal(logits(loaded, tokens), got)
+    with pytest.raises(QuantError, match="not int4 \\(set embedding_scheme: int8\\)"):
+        QuantConfig("int4", embedding=True).validate()
+    with pytest.raises(QuantError, match="embedding_scheme='int8' needs embedding=true"):
+        QuantConfig("int4", embedding_scheme="int8").validate()
+
+
 def test_quantized_embedding_alone_leaves_the_head_float():
     model = tiny(tie=True)
     weight = model.body.tokens.weight.detach().clone()

@@ -16,6 +16,7 @@ def quantize(
     symmetric: bool = True,
     lm_head: bool = False,
     embedding: bool = False,
+    embedding_scheme: Literal["int8", "q8_0"] | None = None,
     include: list[str] | None = None,
 ) -> None:
     """Quantize a model's Linear layers and save it; `lmforge chat OUT` (generate, serve) then loads it as it is.
@@ -30,6 +31,8 @@ def quantize(
         lm_head: Quantize the LM head too (a head tied to the embedding is untied, or shares the embedding's
             packed rows with --embedding true).
         embedding: Quantize the token embedding's rows (int8 or q8_0).
+        embedding_scheme: The embedding's scheme when it differs from --to (int4 layers over an int8 embedding, whose
+            rows a tied head shares with --lm_head true).
         include: Glob patterns over module names choosing the Linear layers ('["*.attn.*"]'); default: every
             Linear of the Transformer blocks.
     """
@@ -43,7 +46,7 @@ def quantize(
     if to is None or out is None:
         raise QuantError("--to (int8, q8_0 or int4) and --out (the folder to write) are required")
     config = QuantConfig(scheme=to, group_size=group, symmetric=symmetric, include=include or DEFAULT_INCLUDE,
-                         lm_head=lm_head, embedding=embedding)
+                         lm_head=lm_head, embedding=embedding, embedding_scheme=embedding_scheme)
     config.validate()
     source, destination = resolve(model), Path(out)
     check_destination(destination, source, overwrite=False)

@@ -73,6 +73,9 @@ class QuantConfig:
     """Quantize the LM head's projection too (untying it from the embedding, see the module docstring)."""
     embedding: bool = False
     """Quantize the token embedding's rows (int8 or q8_0 only)."""
+    embedding_scheme: str | None = None
+    """The embedding's scheme (int8 or q8_0; a head tied to it shares those rows), when it differs from `scheme`:
+    int4 layers over an int8 embedding, as llama.cpp's Q4 files keep their token embedding wider. None: `scheme`."""
 
     def __post_init__(self) -> None:
         if isinstance(self.include, list):
@@ -93,10 +96,18 @@ class QuantConfig:
             problems.append(f"symmetric=false: only int4 has an asymmetric form, not {self.scheme}")
         if isinstance(self.include, str) or not all(isinstance(p, str) and p for p in self.include):
             problems.append(f"include={self.include!r} (allowed: a list of glob patterns over module names)")
-        if self.embedding and self.scheme not in EMBEDDING_SCHEMES:
-            problems.append(f"embedding=true: embedding rows are int8 or q8_0, not {self.scheme}")
+        if self.embedding and self.rows_scheme not in EMBEDDING_SCHEMES:
+            problems.append(f"embedding=true: embedding rows are int8 or q8_0, not {self.rows_scheme}"
+                            + (" (set embedding_scheme: int8)" if self.embedding_scheme is None else ""))
+        if self.embedding_scheme is not None and not self.embedding:
+            problems.append(f"embedding_scheme={self.embedding_scheme!r} needs embedding=true")
         if problems:
             raise QuantError("invalid quantization config: " + "; ".join(problems))
+
+    @property
+    def rows_scheme(self) -> str:
+        """The scheme of the embedding's rows (and of a head that shares them)."""
+        return self.embedding_scheme or self.scheme
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "include": list(self.include)}
@@ -401,8 +412,8 @@ def _check(model: nn.Module, config: QuantConfig, names: list[str]) -> None:
         if not _has(model, EMBEDDING):
             problems.append(f"embedding=true: the model has no token embedding ({EMBEDDING})")
         else:
-            problems.append(width_problem(EMBEDDING, model.get_submodule(EMBEDDING).embedding_dim, config.scheme,
-                                          Q8_BLOCK))
+            problems.append(width_problem(EMBEDDING, model.get_submodule(EMBEDDING).embedding_dim,
+                                          config.rows_scheme, Q8_BLOCK))
     problems = [p for p in problems if p]
     if problems:
         more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
@@ -465,12 +476,12 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> QuantSummary:
     embedding = None
     if config.embedding:
         tokens = model.get_submodule(EMBEDDING)
-        embedding = QuantEmbedding.from_embedding(tokens, config.scheme, EMBEDDING)
+        embedding = QuantEmbedding.from_embedding(tokens, config.rows_scheme, EMBEDDING)
         replaced.append((EMBEDDING, tokens, embedding))
     if config.lm_head:
         head = model.get_submodule(HEAD)
         if tied and embedding is not None:  # the same rows, packed the same way: share them
-            quantized = QuantLinear(head.in_features, head.out_features, head.bias is not None, config.scheme,
+            quantized = QuantLinear(head.in_features, head.out_features, head.bias is not None, config.rows_scheme,
                                     device="meta")
             quantized.set_packed(embedding.packed(), HEAD)
             if head.bias is not None:
@@ -537,12 +548,13 @@ def restore_quantized(model: nn.Module, entry: dict, tensors: dict[str, torch.Te
                                               config.scheme, config.group_size, config.symmetric, device="meta"))
     if config.embedding:
         tokens = model.get_submodule(EMBEDDING)
-        model.set_submodule(EMBEDDING, QuantEmbedding(tokens.num_embeddings, tokens.embedding_dim, config.scheme,
-                                                      device="meta"))
+        model.set_submodule(EMBEDDING, QuantEmbedding(tokens.num_embeddings, tokens.embedding_dim,
+                                                      config.rows_scheme, device="meta"))
     if config.lm_head:
         head = model.get_submodule(HEAD)
+        scheme = config.rows_scheme if entry.get("tied_head") else config.scheme  # a shared head is the rows'
         model.set_submodule(HEAD, QuantLinear(head.in_features, head.out_features, head.bias is not None,
-                                              config.scheme, config.group_size, config.symmetric, device="meta"))
+                                              scheme, config.group_size, config.symmetric, device="meta"))
     if entry.get("tied_head"):
         if not (config.lm_head and config.embedding):
             raise QuantError(f"{where}: tied_head=true needs lm_head and embedding quantized")
