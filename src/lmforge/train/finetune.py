@@ -102,6 +102,9 @@ def run_finetuning(data: TaskData, model: ModelSpec, task: TaskSpec, method: Ada
         if env.is_main:
             chosen = best_checkpoint(run_dir, cfg.best_metric, cfg.greater_is_better) or latest_checkpoint(run_dir)
             final = objective.export_model(load_model(chosen / "model"))
+            if distill is not None:  # the student's size next to its teacher's
+                result.update(teacher=model.checkpoint, teacher_parameters=net.teacher.num_parameters(),
+                              distill=distill.to_dict())
             if on_step is not None:
                 from lmforge.compress.prune import sparsity_of
 
