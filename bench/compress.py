@@ -122,10 +122,10 @@ def encoder_speed(rows: list[dict], texts: list[str], batch: int, quick: bool) -
     base_ref = resolve_model(str(rows[0]["model"]))
     tok = Tokenizer.from_pretrained(rows[0]["model"])
     enc = tok(texts[:batch], padding=True, truncation=True, max_length=64)
-    base = load_for_eval(base_ref, "classification").model.eval()
+    base = load_for_eval(base_ref, "classification")[0].eval()
     tokens = int(enc["attention_mask"].sum())
     for row in rows:
-        model = load_for_eval(resolve_model(str(row["model"])), "classification").model.eval()
+        model = load_for_eval(resolve_model(str(row["model"])), "classification")[0].eval()
         pairs = common.Interleaved()
         with torch.inference_mode():
             for _ in range(2):
@@ -199,7 +199,7 @@ def decoder_rows(work: Path, quick: bool, steps: int) -> list[dict]:
     return rows
 
 
-def decoder_speed(rows: list[dict], quick: bool, new_tokens: int = 48) -> None:
+def decoder_speed(rows: list[dict], quick: bool, new_tokens: int = 32) -> None:
     """Batch-1 greedy decode tokens/s of each model, interleaved with the fp32 model (no stop at EOS)."""
     from lmforge.evaluate.job import load_for_eval, resolve_model
     from lmforge.generate import generate
@@ -211,13 +211,13 @@ def decoder_speed(rows: list[dict], quick: bool, new_tokens: int = 48) -> None:
     def decode(model) -> None:
         generate(model, prompt, new_tokens, temperature=0.0)  # no eos_token_id: exactly new_tokens
 
-    base = load_for_eval(resolve_model(rows[0]["model"]), "lm").model.eval()
+    base = load_for_eval(resolve_model(rows[0]["model"]), "lm")[0].eval()
     for row in rows:
-        model = load_for_eval(resolve_model(str(row["model"])), "lm").model.eval()
+        model = load_for_eval(resolve_model(str(row["model"])), "lm")[0].eval()
         pairs = common.Interleaved()
         with torch.inference_mode():
             decode(base), decode(model)
-            for i in range(3 if quick else 7):
+            for i in range(3 if quick else 5):
                 order = [(model, pairs.a), (base, pairs.b)] if i % 2 == 0 else [(base, pairs.b), (model, pairs.a)]
                 for m, times in order:
                     start = time.perf_counter()

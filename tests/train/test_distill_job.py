@@ -31,7 +31,7 @@ def test_a_decoder_distils_into_a_half_depth_student(tiny_data, tmp_path):
     teacher_dir = tmp_path / "teacher" / "step-0000020" / "model"
     teacher = load_model(teacher_dir)
     result = run_distill(str(teacher_dir), "clm", DistillConfig(student_init="every-other", hidden_weight=1.0),
-                         TaskData(), DataSpec(str(data), str(tok)), TaskSpec(), _cfg(), None, 1,
+                         TaskData(), DataSpec(str(data), str(tok)), TaskSpec(), _cfg(best_metric="auto"), None, 1,
                          str(tmp_path / "student"))
     student = load_model(tmp_path / "student" / "model")
     assert student.cfg.n_layers == 2 and type(student).__name__ == "CausalLM"

@@ -172,6 +172,9 @@ def run_distill(teacher: str, task: str, distill, data, tokens, task_options, tr
     if task == "clm":
         from lmforge.train.pretrain import run_pretraining
 
+        if train.best_metric == "auto":  # (the labelled tasks' default: their metric) an LM's is its loss
+            train = dataclasses.replace(train, best_metric="val_loss")
+
         return run_pretraining(tokens, ModelSpec(checkpoint=teacher), "clm", train, out_dir, resume=resume,
                                device=device, overwrite=overwrite, distill=distill, arguments=arguments)
     from lmforge.train.finetune import run_finetuning
