@@ -190,3 +190,24 @@ def test_a_student_with_another_vocabulary_is_refused(classifier):
                           task="sequence-classification")
     with pytest.raises(DistillError, match="vocab_size"):
         distillation_pair(teacher, student=student)
+
+
+def test_the_evaluation_report_names_pruned_and_quantized_checkpoints(classifier, files, tmp_path):
+    from lmforge.compress.job import run_prune
+    from lmforge.compress.quantize import QuantConfig, quantize_model
+    from lmforge.evaluate.job import EvalSettings, run_evaluation
+    from lmforge.interop.native import load_model, save_model
+
+    run_prune(str(classifier), str(tmp_path / "p"), method="magnitude", sparsity=0.5)
+    quantized = load_model(classifier)
+    quantize_model(quantized, QuantConfig("int8"))
+    save_model(quantized, tmp_path / "q")
+    (tmp_path / "q" / "tokenizer.json").write_bytes((classifier / "tokenizer.json").read_bytes())
+    report = run_evaluation([str(classifier), str(tmp_path / "p"), str(tmp_path / "q")],
+                            EvalSettings(task="classification", data=str(files["val"]), efficiency=False,
+                                         perturbations=("typo",)), names=["dense", "pruned", "int8"])
+    assert [m["precision"] for m in report["models"]] == ["float32", "float32", "int8"]
+    assert [m.get("pruning", {}).get("method") for m in report["models"]] == [None, "magnitude", None]
+    from lmforge.evaluate.html import render_html
+
+    assert "pruned (magnitude, 50% sparse)" in render_html(report)

@@ -997,6 +997,11 @@ def _model_card(page: _Page, model: dict) -> str:
     facts = [model[k] for k in ("task", "kind", "precision") if model.get(k)]
     if model.get("parameters") is not None:
         facts.append(f"{_params(model['parameters'])} parameters")
+    if isinstance(model.get("pruning"), dict):  # `lmforge prune`'s record: the method and how much
+        p = model["pruning"]
+        how = (f"heads {p.get('heads', 0):.0%}, FFN {p.get('ffn', 0):.0%}" if p.get("method") == "structured"
+               else f"{p.get('sparsity', 0):.0%} sparse")
+        facts.append(f"pruned ({p.get('method')}, {how})")
     path = f"<br><code>{_esc(model['path'])}</code>" if model.get("path") else ""
     return (f'<div class="model"><span class="name">{page.swatch(model["name"])}{_esc(model["name"])}</span>'
             f'<div class="facts">{_esc(" · ".join(str(f) for f in facts))}</div>{path}</div>')

@@ -255,8 +255,9 @@ def evaluate_model(ref: ModelRef, settings: EvalSettings) -> tuple[dict, dict]:
     from lmforge.evaluate.efficiency import count_parameters
 
     info = {"path": str(ref.path), "task": model_task, "evaluated_as": task, "kind": model.cfg.family,
-            "precision": ref.variant if ref.variant in ("int8", "q8_0", "int4") else str(model.dtype).split(".")[-1],
-            "parameters": count_parameters(model)["parameters"]}
+            "precision": _precision(model, ref), "parameters": count_parameters(model)["parameters"]}
+    if "pruning" in model.cfg.extra:  # what `lmforge prune` did (method, sparsity or heads / FFN fractions)
+        info["pruning"] = model.cfg.extra["pruning"]
     return info, results
 
 
@@ -646,6 +647,17 @@ def _efficiency(model, tokenizer, ref: ModelRef, settings: EvalSettings, task: s
         except Exception:  # a size we cannot tell (a named model not fetched) is left out, not an error
             pass
     return result
+
+
+def _precision(model, ref: ModelRef) -> str:
+    """int8 / q8_0 / int4 for a quantized model (a +variant, or a checkpoint `lmforge quantize` wrote), else its
+    dtype."""
+    quantized = getattr(model, "quantization", None)
+    if ref.variant in ("int8", "q8_0", "int4"):
+        return ref.variant
+    if quantized is not None and quantized.scheme in ("int8", "q8_0", "int4"):
+        return quantized.scheme
+    return str(model.dtype).split(".")[-1]
 
 
 def _sample_texts(tokenizer, task: str, data: str | None, settings: EvalSettings) -> list[str]:
