@@ -318,8 +318,9 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps({"bench": "compress", "kind": args.kind, **info, **{k: str(v) if isinstance(v, Path)
-                                else v for k, v in row.items()}}) + "\n")
+            model = Path(row["model"])  # relative to the work folder (no machine paths in the results)
+            row = {**row, "model": f"WORK/{model.relative_to(work)}" if model.is_relative_to(work) else str(model)}
+            f.write(json.dumps({"bench": "compress", "kind": args.kind, **info, **row}) + "\n")
 
 
 if __name__ == "__main__":
