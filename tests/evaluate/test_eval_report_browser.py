@@ -113,7 +113,7 @@ def test_report_renders_in_chromium(tmp_path):
     page = write_html(full_report(), tmp_path)
     problems, seen = check_page(browser, page, tmp_path)
     assert problems == [], problems
-    assert seen["images"] == "14/14"  # every figure of the three-model report decoded
+    assert seen["images"] == "15/15"  # every figure of the three-model report (and its trade-off plot) decoded
     assert re.findall(r'<section id="([\w-]+)"', seen["dom"]) == ALL_SECTIONS
     assert seen["filled"] >= 12, seen["grid"]
 
