@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.compress.config import DistillConfig, DistillError, is_index_list, is_number, parse_student_init
+from lmforge.models.attention import record_attention
 from lmforge.models.config import LAYER_WIDTHS, ConfigError, ModelConfig
 from lmforge.models.distillation import DISTILLATION_KEY, Distillation
 from lmforge.models.model import MaskedLM, Model
@@ -472,16 +473,14 @@ def _watching(model: Model, hidden: bool, attention: bool, keep_grad: bool) -> I
     handles = [model.register_forward_pre_hook(on_call, with_kwargs=True), model.register_forward_hook(on_output)]
     if hidden:
         handles += [block.register_forward_hook(lambda m, a, out: watch.hidden.append(out)) for block in blocks]
-    modules = [block.attn for block in blocks] if attention else []
-    for module, record in zip(modules, watch.attention):
-        module._record, module._record_grad = record, keep_grad
     try:
-        yield watch
+        with record_attention([block.attn for block in blocks] if attention else [], grad=keep_grad) as maps:
+            if attention:
+                watch.attention = maps
+            yield watch
     finally:
         for handle in handles:
             handle.remove()
-        for module in modules:
-            module._record, module._record_grad = None, False
 
 
 def _map_tensors(output, fn):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lmforge.compress.structured import PruneError
+from lmforge.compress.config import PruneError
 
 
 def run_prune(model: str, out: str, method: str = "magnitude", sparsity: float = 0.5, scope: str = "layer",
@@ -23,7 +23,7 @@ def run_prune(model: str, out: str, method: str = "magnitude", sparsity: float =
               data: str | None = None, batches: int = 8, batch_size: int = 8, max_length: int = 256,
               multiple_of: int = 8, overwrite: bool = False) -> dict:
     """Prune `model` by `method` (magnitude, 2:4, structured) and save it to `out`; return the summary."""
-    from lmforge.compress.prune import DEFAULT_INCLUDE, PruneConfig, prune_model, sparsity_of
+    from lmforge.compress.prune import DEFAULT_INCLUDE, PruneConfig, prune_model
     from lmforge.compress.structured import structured_prune
     from lmforge.interop.convert import check_destination, copy_tokenizer
     from lmforge.interop.hf import resolve
@@ -44,18 +44,18 @@ def run_prune(model: str, out: str, method: str = "magnitude", sparsity: float =
         loss_fn, calibration = None, None
         if importance == "taylor":
             loss_fn, calibration = calibration_batches(lm, source, Path(data), batches, batch_size, max_length)
-        before = lm.num_parameters()
         summary = structured_prune(lm, heads=heads, ffn=ffn, importance=importance, scope=scope, loss_fn=loss_fn,
                                    batches=calibration, multiple_of=multiple_of)
         result = {"method": method, "heads": heads, "ffn": ffn, "importance": importance, "scope": scope,
-                  "parameters_before": before, "parameters_after": lm.num_parameters(), "summary": _plain(summary)}
+                  "parameters_before": summary.parameters_before, "parameters_after": summary.parameters_after,
+                  "summary": _plain(summary)}
     else:
         config = PruneConfig(method=method, sparsity=sparsity, scope=scope, include=include or DEFAULT_INCLUDE)
         config.validate()
         lm = load_any(model, dtype=torch.float32)
         summary = prune_model(lm, config)
         result = {"method": method, "sparsity": sparsity if method == "magnitude" else 0.5, "scope": scope,
-                  "summary": _plain(summary), "measured": _plain(sparsity_of(lm, config.include))}
+                  "summary": _plain(summary), "measured": _plain(summary.report)}  # the zeros counted after
     lm.cfg.extra = {**lm.cfg.extra, "pruning": {k: v for k, v in result.items() if k not in ("summary", "measured")}}
     save_model(lm, destination)
     files = copy_tokenizer(source, destination)
@@ -76,8 +76,9 @@ def calibration_batches(model, source: Path, data: Path, n: int, batch_size: int
     from lmforge.objectives import causal_lm_loss
     from lmforge.tasks.data import read_examples
     from lmforge.tasks.spec import TaskSpec
+    from lmforge.tokenizers import Tokenizer
 
-    tokenizer = _tokenizer(source)
+    tokenizer = Tokenizer.from_pretrained(source)  # (a GGUF file's own tokenizer too)
     if not data.exists():
         raise PruneError(f"--data {data}: no such file")
     if isinstance(model, CausalLM):
@@ -122,16 +123,6 @@ def calibration_batches(model, source: Path, data: Path, n: int, batch_size: int
         return loss_fn, batches
     raise PruneError(f"--importance taylor calibrates causal LMs and sequence classifiers; this model is a "
                      f"{type(model).__name__}: use --importance l1")
-
-
-def _tokenizer(source: Path):
-    from lmforge.tokenizers import Tokenizer
-
-    if source.suffix == ".gguf":
-        from lmforge.interop.gguf import load_gguf_tokenizer
-
-        return load_gguf_tokenizer(source)
-    return Tokenizer.from_pretrained(source)
 
 
 def _plain(value: Any) -> Any:

@@ -21,7 +21,6 @@ pruning, `lmforge.compress.structured`, is what shrinks it).
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,7 +36,7 @@ from lmforge.compress.config import (
     is_int,
     parse_nm,
 )
-from lmforge.compress.quantize import linear_names
+from lmforge.compress.quantize import adapted_layers, match_linears
 
 # ------------------------------------------------------------------------------------------------ choosing layers
 
@@ -45,15 +44,8 @@ def select_linears(model: nn.Module, include: Sequence[str] = DEFAULT_INCLUDE) -
     """The Linear modules `include` matches, in model order; a pattern that matches none is an error."""
     if isinstance(include, str) or not include:
         raise PruneError(f"include={include!r}: give a list of glob patterns over module names")
-    names = linear_names(model)
-    unmatched = [p for p in include if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-    if unmatched:
-        examples = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "none"
-        raise PruneError(f"include pattern(s) {', '.join(map(repr, unmatched))} match no Linear module; "
-                         f"the model's Linear modules are {examples}")
-    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)]
-    wrappers = [n for n, m in model.named_modules() if n and getattr(type(m), "adapted", False)]
-    adapted = [n for n in chosen if any(n == w or n.startswith(w + ".") for w in wrappers)]
+    chosen = match_linears(model, include, PruneError)
+    adapted = adapted_layers(model, chosen)
     if adapted:
         raise PruneError(f"cannot prune adapted layers ({', '.join(adapted[:4])}{', ...' if len(adapted) > 4 else ''})"
                          ": merge the adapter first (lmforge.adapt.lora.merge_and_unload)")

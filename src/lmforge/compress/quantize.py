@@ -388,15 +388,27 @@ def linear_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != HEAD]
 
 
-def select(model: nn.Module, config: QuantConfig) -> list[str]:
-    """The Linear modules `config.include` matches (in model order); a pattern that matches none is an error."""
+def match_linears(model: nn.Module, include: Sequence[str], error: type[ValueError]) -> list[str]:
+    """The Linear modules `include`'s glob patterns match (in model order, never the LM head); a pattern that
+    matches none raises `error` listing the model's Linear modules (quantization and pruning choose alike)."""
     names = linear_names(model)
-    unmatched = [p for p in config.include if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    unmatched = [p for p in include if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if unmatched:
         examples = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "none"
-        raise QuantError(f"include pattern(s) {', '.join(map(repr, unmatched))} match no Linear module; "
-                         f"the model's Linear modules are {examples}")
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in config.include)]
+        raise error(f"include pattern(s) {', '.join(map(repr, unmatched))} match no Linear module; "
+                    f"the model's Linear modules are {examples}")
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)]
+
+
+def adapted_layers(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """The layers of `names` that are, or lie inside, a fine-tuning wrapper (its class sets `adapted = True`)."""
+    wrappers = [n for n, m in model.named_modules() if n and getattr(type(m), "adapted", False)]
+    return [n for n in names if any(n == w or n.startswith(w + ".") for w in wrappers)]
+
+
+def select(model: nn.Module, config: QuantConfig) -> list[str]:
+    """The Linear modules `config.include` matches (in model order); a pattern that matches none is an error."""
+    return match_linears(model, config.include, QuantError)
 
 
 def _check(model: nn.Module, config: QuantConfig, names: list[str]) -> None:
@@ -422,8 +434,7 @@ def _check(model: nn.Module, config: QuantConfig, names: list[str]) -> None:
 
 def _refuse_adapted(model: nn.Module, names: list[str]) -> None:
     """No layer of `names` is, or lies inside, a fine-tuning wrapper (its class sets `adapted = True`)."""
-    wrappers = [n for n, m in model.named_modules() if n and getattr(type(m), "adapted", False)]
-    hits = [n for n in names if any(n == w or n.startswith(w + ".") for w in wrappers)]
+    hits = adapted_layers(model, names)
     if hits:
         raise QuantError(f"cannot quantize adapted layers ({', '.join(hits[:4])}{', ...' if len(hits) > 4 else ''}): "
                          "merge the adapter first (lmforge.adapt.lora.merge_and_unload), or train LoRA on a "

@@ -33,14 +33,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lmforge.compress.config import PruneError
+from lmforge.compress.config import SCOPES, PruneError
 from lmforge.models.config import ModelConfig
 from lmforge.models.electra import ElectraPretraining
 
 Importance = Literal["l1", "taylor"]
 Scope = Literal["global", "layer"]
 IMPORTANCES = ("l1", "taylor")
-SCOPES = ("global", "layer")
 
 
 @dataclass

@@ -7,8 +7,6 @@ template's special tokens kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -16,29 +14,9 @@ import torch
 from torch import nn
 
 from lmforge.evaluate.errors import EvaluationError
-from lmforge.models.attention import Attention
+from lmforge.models.attention import record_attention
 
 __all__ = ["attention_maps", "record_attention", "saliency"]
-
-
-@contextmanager
-def record_attention(modules: Sequence[Attention]) -> Iterator[list[list[torch.Tensor]]]:
-    """Record the attention probabilities of `modules` while the block runs: one list per module, in order.
-
-    Each forward of a module appends its probabilities (B, H, T, S), float32 and detached; S counts a
-    prefix's virtual keys first, then cached and new keys. Inside, those modules compute attention
-    explicitly (same outputs, slower); outside, the fused SDPA path is back.
-    """
-    records: list[list[torch.Tensor]] = [[] for _ in modules]
-    for module, record in zip(modules, records):
-        if not isinstance(module, Attention):
-            raise TypeError(f"record_attention takes lmforge Attention modules, not {type(module).__name__}")
-        module._record = record
-    try:
-        yield records
-    finally:
-        for module in modules:
-            module._record = None
 
 
 def attention_maps(model: nn.Module, tokenizer, text: str, max_len: int = 512) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -82,7 +84,7 @@ class Attention(nn.Module):
     """
 
     _record: list[torch.Tensor] | None = None
-    """Set to a list (by `lmforge.evaluate.interpret.record_attention`) to compute attention explicitly and
+    """Set to a list (by `record_attention`) to compute attention explicitly and
     append each forward's probabilities to it; None (the default) keeps the fused SDPA path."""
     _record_grad: bool = False
     """With `_record` set: append the probabilities with their autograd graph instead of detached, so a loss
@@ -193,7 +195,7 @@ class Attention(nn.Module):
     def _recorded_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                             is_causal: bool) -> torch.Tensor:
         """softmax(q k^T * scale + mask) v written out, as SDPA computes it, with the probabilities (B, H, T, S)
-        appended in float32 to `self._record` (`lmforge.evaluate.interpret.record_attention`): detached, or with
+        appended in float32 to `self._record` (`record_attention`): detached, or with
         their graph when `self._record_grad`."""
         if k.shape[1] != q.shape[1]:  # grouped-query heads: each key/value head serves `rep` query heads
             rep = q.shape[1] // k.shape[1]
@@ -292,3 +294,24 @@ def attention_mask(
     if mask is None:
         return None
     return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+@contextmanager
+def record_attention(modules: Sequence[Attention], grad: bool = False) -> Iterator[list[list[torch.Tensor]]]:
+    """Record the attention probabilities of `modules` while the block runs: one list per module, in order.
+
+    Each forward of a module appends its probabilities (B, H, T, S) in float32, detached (or, with `grad`,
+    with their autograd graph: a loss on them trains the attention, as attention-map distillation does); S
+    counts a prefix's virtual keys first, then cached and new keys. Inside, those modules compute attention
+    explicitly (same outputs, slower); outside, the fused SDPA path is back.
+    """
+    records: list[list[torch.Tensor]] = [[] for _ in modules]
+    for module, record in zip(modules, records):
+        if not isinstance(module, Attention):
+            raise TypeError(f"record_attention takes lmforge Attention modules, not {type(module).__name__}")
+        module._record, module._record_grad = record, grad
+    try:
+        yield records
+    finally:
+        for module in modules:
+            module._record, module._record_grad = None, False

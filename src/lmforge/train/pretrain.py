@@ -57,11 +57,11 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
         binding = unbound.bind(train_data, tokenizer)  # special ids; the tokenizer copy that names them
         net, base = start_model(model, binding, train_data, tokenizer, log=print if env.is_main else None,
                                 digest=train_cfg.checkpoint_trainable_only)
-        objective_ = binding.objective
+        trained_objective = binding.objective
         if distill is not None:
             from lmforge.compress.distill import distillation_setup
 
-            net, objective_ = distillation_setup(net, objective_, distill)
+            net, trained_objective = distillation_setup(net, trained_objective, distill)
         train_cfg.validate(env.world_size, net.cfg)
         name = model.checkpoint or model.preset
         if env.is_main:
@@ -92,7 +92,7 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
                 for prompt, text in generate_samples(m, tokenizer, train_cfg.sample_prompts).items():
                     print(f"  [{step}] {prompt!r} -> {text!r}")
 
-        result = train(net, objective_, train_data, val_data, train_cfg, run_dir, env, resume=resume,
+        result = train(net, trained_objective, train_data, val_data, train_cfg, run_dir, env, resume=resume,
                        on_sample=None if env.enabled else sample, base=base)
         if env.is_main:
             # The final checkpoint holds the full weights whatever the strategy (FSDP shards `net`).
@@ -100,7 +100,7 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
             if distill is not None:  # the student, also as model/ in lmforge's format (a pruned width has no HF form)
                 from lmforge.interop.native import save_model
 
-                final = objective_.export_model(final)
+                final = trained_objective.export_model(final)
                 save_model(final, run_dir / "model")
                 if tokenizer is not None:
                     tokenizer.save(run_dir / "model")
@@ -108,8 +108,8 @@ def run_pretraining(data: DataSpec, model: ModelSpec, objective: str, train_cfg:
                 result["samples"] = generate_samples(final, tokenizer, train_cfg.sample_prompts)
             if export:
                 try:
-                    folder = export_hf(objective_.export_model(final),
-                                       objective_.export_tokenizer(binding.tokenizer), run_dir / "hf")
+                    folder = export_hf(trained_objective.export_model(final),
+                                       trained_objective.export_tokenizer(binding.tokenizer), run_dir / "hf")
                     print(f"Hugging Face export: {folder}")
                 except ConfigError as err:
                     print(f"no Hugging Face export: {err}")
